@@ -97,23 +97,37 @@ def fmt_num(v):
     return f"{v:.3g}"
 
 
+def result_dirs():
+    """This run's target dir first, then any in FINSIGHT_BENCH_DIRS (colon-separated)."""
+    dirs = [TARGET] + [Path(p) for p in os.environ.get("FINSIGHT_BENCH_DIRS", "").split(":") if p]
+    return [d for d in dirs if d.exists()]
+
+
 def criterion_results():
     groups = defaultdict(dict)
-    base = TARGET / "criterion"
-    if not base.exists():
-        return groups
-    for bj in base.glob("**/new/benchmark.json"):
-        try:
-            b = json.loads(bj.read_text())
-            e = json.loads((bj.parent / "estimates.json").read_text())
-        except (OSError, ValueError):
-            continue
-        group = b.get("group_id") or b.get("full_id")
-        func = b.get("function_id") or b.get("value_str") or "finsight"
-        if b.get("value_str") and b.get("function_id"):
-            func = f"{b['function_id']}/{b['value_str']}"
-        mean = e["mean"]["point_estimate"]
-        groups[group][func] = mean
+    seen = set()
+    for base in [d / "criterion" for d in result_dirs()]:
+        for bj in base.glob("**/new/benchmark.json"):
+            key = bj.relative_to(base)
+            if key in seen:
+                continue
+            seen.add(key)
+            read_one(bj, groups)
+    return groups
+
+
+def read_one(bj, groups):
+    try:
+        b = json.loads(bj.read_text())
+        e = json.loads((bj.parent / "estimates.json").read_text())
+    except (OSError, ValueError):
+        return
+    group = b.get("group_id") or b.get("full_id")
+    func = b.get("function_id") or b.get("value_str") or "finsight"
+    if b.get("value_str") and b.get("function_id"):
+        func = f"{b['function_id']}/{b['value_str']}"
+    mean = e["mean"]["point_estimate"]
+    groups[group][func] = mean
     return groups
 
 
@@ -129,10 +143,14 @@ def load_targets():
 
 def load_records():
     records = defaultdict(list)
-    d = TARGET / "finsight-bench"
-    if not d.exists():
-        return records
-    for f in sorted(d.glob("*.jsonl")):
+    seen = set()
+    files = []
+    for d in result_dirs():
+        for f in sorted((d / "finsight-bench").glob("*.jsonl")):
+            if f.name not in seen:
+                seen.add(f.name)
+                files.append(f)
+    for f in files:
         for line in f.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
