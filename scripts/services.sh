@@ -59,7 +59,7 @@ ensure_redis() {
 ensure_rabbitmq() {
   command -v rabbitmq-server >/dev/null 2>&1 || install_pkg rabbitmq-server
   if port_open 5672; then say "rabbitmq: already answering on 127.0.0.1:5672"; return; fi
-  if as_root rabbitmqctl -q status >/dev/null 2>&1; then
+  if as_root rabbitmqctl -q ping >/dev/null 2>&1; then
     # The node runs but its application was stopped (`rabbitmqctl stop_app`).
     say "rabbitmq: node up, application stopped: start_app"
     as_root rabbitmqctl -q start_app
