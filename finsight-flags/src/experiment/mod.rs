@@ -1,0 +1,73 @@
+//! A/B experiments on top of the flag engine (feature `experiments`).
+//!
+//! # What is here
+//! - **Planning**: [`PowerAnalysis`] gives the units per variant a two-sided
+//!   test needs to detect a [`MinimumDetectableEffect`] on a conversion rate
+//!   ([`PowerAnalysis::sample_size_proportions`]) or a mean
+//!   ([`PowerAnalysis::sample_size_means`]).
+//! - **Analysis of conversion metrics**: [`two_proportion_z_test`] (treatment
+//!   vs control) and [`chi_square_test`] (omnibus test over more than two
+//!   variants).
+//! - **Analysis of continuous metrics**: [`welch_t_test`] on
+//!   [`SampleSummary`]s, which [`RunningSummary`] accumulates in constant
+//!   memory.
+//! - **Trust check**: [`sample_ratio_mismatch`] flags an observed split that
+//!   differs from the planned allocation.
+//!
+//! Every test reports the estimate per variant, the absolute and relative
+//! lift with a confidence interval, the p-value and whether it is below the
+//! significance level. Each public item states its formula and assumptions;
+//! the numbers match SciPy and statsmodels (the crate's tests compare them on
+//! reference data produced by `tests/python/experiment_reference.py`).
+//!
+//! # Errors and insufficient data
+//! Invalid input (alpha outside (0, 1), more conversions than units, a
+//! negative variance) is an [`ExperimentError`] naming the parameter.
+//! Data that cannot support a test yet (an empty variant, nobody converted)
+//! is not an error: the test returns [`Outcome::Insufficient`] with the
+//! reason. Nothing here panics, does I/O or allocates more than the result.
+//!
+//! # Example
+//! ```
+//! use finsight_flags::experiment::{
+//!     ConversionCounts, MinimumDetectableEffect, PowerAnalysis, two_proportion_z_test,
+//! };
+//!
+//! // Plan: 10 % baseline, detect +1 percentage point, alpha 0.05, power 0.8.
+//! let plan = PowerAnalysis::new(0.05, 0.8)?
+//!     .sample_size_proportions(0.10, MinimumDetectableEffect::Absolute(0.01))?;
+//! assert_eq!(plan.control, 14_751);
+//!
+//! // Analyse.
+//! let control = ConversionCounts::new(15_000, 1_500);
+//! let treatment = ConversionCounts::new(15_000, 1_680);
+//! let test = two_proportion_z_test(control, treatment, 0.05)?;
+//! let result = test.complete().expect("both variants have data");
+//! assert!(result.significant);
+//! assert!((result.absolute_lift.estimate - 0.012).abs() < 1e-12);
+//! # Ok::<(), finsight_flags::experiment::ExperimentError>(())
+//! ```
+
+mod chi_square;
+mod definition;
+mod dist;
+mod error;
+mod outcome;
+mod proportion;
+mod sample_size;
+mod srm;
+mod welch;
+
+pub use chi_square::{ChiSquareTest, chi_square_test};
+pub use definition::{
+    Experiment, ExperimentDefinition, ExperimentPlan, ExperimentVariant, Goal, Metric, MetricType,
+    PlannedVariant,
+};
+pub use error::ExperimentError;
+pub use outcome::{InsufficientData, Interval, Lift, Outcome};
+pub use proportion::{
+    ConversionCounts, ProportionEstimate, TwoProportionTest, two_proportion_z_test,
+};
+pub use sample_size::{MinimumDetectableEffect, PowerAnalysis, SampleSize};
+pub use srm::{DEFAULT_SRM_THRESHOLD, SrmCheck, sample_ratio_mismatch};
+pub use welch::{MeanEstimate, RunningSummary, SampleSummary, WelchTest, welch_t_test};
