@@ -1,0 +1,633 @@
+//! The consumer engine: subscription with re-subscription, bounded
+//! concurrency, in-process retry with backoff, handler timeout, panic
+//! isolation, duplicate filter, dead-lettering with reasons, graceful drain.
+
+use crate::bus::{Bus, Context};
+use crate::dedup::Dedup;
+use crate::envelope::{
+    Envelope, HEADER_DEAD_LETTER_ATTEMPTS, HEADER_DEAD_LETTER_HANDLER, HEADER_DEAD_LETTER_QUEUE,
+    HEADER_DEAD_LETTER_REASON, HEADER_ORIGINAL_ROUTING_KEY, Message,
+};
+use crate::error::{Error, Result};
+use crate::router::{HandlerError, Route, Router, UnknownEventPolicy};
+use crate::transport::{Acker, Delivery, DeliveryStream, SubscribeOptions, Transport};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info_span, warn};
+
+/// In-process retry with exponential backoff, per handler.
+///
+/// Attempt `n` (from 1) that fails waits `min(initial × multiplier^(n-1), max)`
+/// before attempt `n + 1`; after `max_attempts` the message is dead-lettered.
+/// Retries hold the delivery (and a concurrency slot), so keep the total
+/// short: long delays belong in a delayed-redelivery queue, not here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total (1 = no retry). At least 1.
+    pub max_attempts: u32,
+    /// Wait after the first failure.
+    pub initial_backoff: Duration,
+    /// Upper bound of a wait.
+    pub max_backoff: Duration,
+    /// Growth factor per attempt.
+    pub multiplier: u32,
+}
+
+impl Default for RetryPolicy {
+    /// 3 attempts, 100 ms then 200 ms.
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            multiplier: 2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retry: one attempt.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+    /// The wait after failed attempt `attempt` (from 1).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = self.multiplier.saturating_pow(attempt.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// Counters of one consumer (monotonic since start).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// Deliveries received.
+    pub delivered: u64,
+    /// Deliveries acknowledged after every handler succeeded (or skipped).
+    pub acked: u64,
+    /// Deliveries dead-lettered.
+    pub dead_lettered: u64,
+    /// Handler retries.
+    pub retries: u64,
+    /// Handler panics caught.
+    pub panics: u64,
+    /// Duplicates skipped by the duplicate filter.
+    pub duplicates: u64,
+    /// Unknown event types acked under [`UnknownEventPolicy::AckAndWarn`].
+    pub unknown_acked: u64,
+    /// Subscriptions (re)established.
+    pub subscriptions: u64,
+    /// Settles (ack / dead-letter) that failed, e.g. because the connection
+    /// dropped; the broker redelivers those messages.
+    pub settle_errors: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    dead_lettered: AtomicU64,
+    retries: AtomicU64,
+    panics: AtomicU64,
+    duplicates: AtomicU64,
+    unknown_acked: AtomicU64,
+    subscriptions: AtomicU64,
+    settle_errors: AtomicU64,
+}
+
+impl Stats {
+    fn snapshot(&self) -> ConsumerStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ConsumerStats {
+            delivered: l(&self.delivered),
+            acked: l(&self.acked),
+            dead_lettered: l(&self.dead_lettered),
+            retries: l(&self.retries),
+            panics: l(&self.panics),
+            duplicates: l(&self.duplicates),
+            unknown_acked: l(&self.unknown_acked),
+            subscriptions: l(&self.subscriptions),
+            settle_errors: l(&self.settle_errors),
+        }
+    }
+}
+
+fn inc(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Configures and starts a consumer; from [`Bus::consumer`].
+#[must_use]
+pub struct ConsumerBuilder {
+    bus: Bus,
+    queue: String,
+    router: Router,
+    prefetch: u16,
+    concurrency: usize,
+    retry: RetryPolicy,
+    handler_timeout: Option<Duration>,
+    dedup: Option<Arc<dyn Dedup>>,
+    consumer_name: Option<String>,
+    resubscribe_initial: Duration,
+    resubscribe_max: Duration,
+}
+
+impl std::fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("concurrency", &self.concurrency)
+            .field("retry", &self.retry)
+            .field("handler_timeout", &self.handler_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    pub(crate) fn new(bus: Bus, queue: &str, router: Router) -> Self {
+        Self {
+            bus,
+            queue: queue.to_owned(),
+            router,
+            prefetch: 100,
+            concurrency: 16,
+            retry: RetryPolicy::default(),
+            handler_timeout: Some(Duration::from_secs(30)),
+            dedup: None,
+            consumer_name: None,
+            resubscribe_initial: Duration::from_millis(100),
+            resubscribe_max: Duration::from_secs(5),
+        }
+    }
+
+    /// Unacknowledged deliveries the broker may push (default 100; 100–300
+    /// is RabbitMQ's advice). Bounds the messages held in memory.
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+    /// Messages handled at the same time (default 16; 1 keeps order).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+    /// Retry policy per handler (default [`RetryPolicy::default`]).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+    /// Timeout of one handler attempt (default 30 s; a timeout is retryable).
+    pub fn handler_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+    /// Skips messages whose id `dedup` has seen; marks ids after success.
+    pub fn dedup(mut self, dedup: impl Dedup) -> Self {
+        self.dedup = Some(Arc::new(dedup));
+        self
+    }
+    /// Consumer name (AMQP consumer tag prefix, Redis consumer name).
+    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
+        self.consumer_name = Some(name.into());
+        self
+    }
+    /// Backoff between re-subscription attempts after a connection loss
+    /// (default 100 ms doubling to 5 s).
+    pub fn resubscribe_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.resubscribe_initial = initial;
+        self.resubscribe_max = max.max(initial);
+        self
+    }
+
+    /// Checks the queue and the router (strict mode) and starts consuming in
+    /// a spawned task. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::NotDeclared`] when the queue is not in the bus topology;
+    /// [`Error::MissingHandler`] in strict mode.
+    pub fn start(self) -> Result<ConsumerHandle> {
+        let spec = self
+            .bus
+            .topology()
+            .queue(&self.queue)
+            .ok_or_else(|| Error::NotDeclared {
+                kind: "queue",
+                name: self.queue.clone(),
+            })?;
+        self.router.check(spec)?;
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let stats = Arc::new(Stats::default());
+        let shared = Arc::new(Shared {
+            options: SubscribeOptions {
+                prefetch: self.prefetch,
+                consumer_name: self
+                    .consumer_name
+                    .unwrap_or_else(|| SubscribeOptions::default().consumer_name),
+            },
+            transport: self.bus.transport().clone(),
+            bus: self.bus,
+            queue: self.queue.as_str().into(),
+            router: self.router,
+            retry: self.retry,
+            handler_timeout: self.handler_timeout,
+            dedup: self.dedup,
+            stats: stats.clone(),
+            concurrency: self.concurrency,
+            resubscribe_initial: self.resubscribe_initial,
+            resubscribe_max: self.resubscribe_max,
+        });
+        let task = tokio::spawn(run(shared, stop_rx));
+        Ok(ConsumerHandle {
+            stop: stop_tx,
+            task: Some(task),
+            stats,
+        })
+    }
+}
+
+/// A running consumer. Dropping it stops the consumer without waiting
+/// (unsettled messages are redelivered); [`ConsumerHandle::shutdown`]
+/// drains gracefully.
+pub struct ConsumerHandle {
+    stop: watch::Sender<Option<Duration>>,
+    task: Option<JoinHandle<()>>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for ConsumerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerHandle")
+            .field("stats", &self.stats.snapshot())
+            .finish()
+    }
+}
+
+impl ConsumerHandle {
+    /// Counters so far.
+    pub fn stats(&self) -> ConsumerStats {
+        self.stats.snapshot()
+    }
+
+    /// Graceful drain: stops taking deliveries (cancels the subscription),
+    /// lets in-flight handlers finish within `deadline`, then returns the
+    /// final counters. Messages still unsettled at the deadline are
+    /// redelivered by the broker.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the consumer task panicked.
+    pub async fn shutdown(mut self, deadline: Duration) -> Result<ConsumerStats> {
+        let _ = self.stop.send(Some(deadline));
+        if let Some(task) = self.task.take() {
+            task.await.map_err(|_| Error::Closed)?;
+        }
+        Ok(self.stats.snapshot())
+    }
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            let _ = self.stop.send(Some(Duration::ZERO));
+        }
+    }
+}
+
+struct Shared {
+    bus: Bus,
+    transport: Arc<dyn Transport>,
+    queue: Arc<str>,
+    router: Router,
+    retry: RetryPolicy,
+    handler_timeout: Option<Duration>,
+    dedup: Option<Arc<dyn Dedup>>,
+    stats: Arc<Stats>,
+    options: SubscribeOptions,
+    concurrency: usize,
+    resubscribe_initial: Duration,
+    resubscribe_max: Duration,
+}
+
+enum State<'a> {
+    Subscribing(BoxFuture<'a, Result<Box<dyn DeliveryStream>>>),
+    Waiting(std::pin::Pin<Box<tokio::time::Sleep>>),
+    Consuming(Box<dyn DeliveryStream>),
+}
+
+enum Step {
+    Stop,
+    Nothing,
+    Subscribed(Box<dyn DeliveryStream>),
+    Lost,
+    Resubscribe,
+}
+
+async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
+    let transport = shared.transport.clone();
+    let queue = shared.queue.clone();
+    let subscribe = || transport.subscribe(&queue, shared.options.clone());
+    let mut inflight = FuturesUnordered::new();
+    let mut backoff = shared.resubscribe_initial;
+    let mut state = State::Subscribing(subscribe());
+    loop {
+        if stop.borrow().is_some() {
+            break;
+        }
+        let step = match &mut state {
+            State::Consuming(sub) => tokio::select! {
+                biased;
+                _ = stop.changed() => Step::Stop,
+                Some(()) = inflight.next(), if !inflight.is_empty() => Step::Nothing,
+                d = sub.next(), if inflight.len() < shared.concurrency => match d {
+                    Some(Ok(d)) => {
+                        inflight.push(process(shared.clone(), d));
+                        Step::Nothing
+                    }
+                    Some(Err(e)) => {
+                        warn!(queue = %shared.queue, error = %e, "subscription lost; re-subscribing");
+                        Step::Lost
+                    }
+                    None => {
+                        warn!(queue = %shared.queue, "subscription ended by the broker; re-subscribing");
+                        Step::Lost
+                    }
+                },
+            },
+            State::Subscribing(fut) => tokio::select! {
+                biased;
+                _ = stop.changed() => Step::Stop,
+                Some(()) = inflight.next(), if !inflight.is_empty() => Step::Nothing,
+                r = fut => match r {
+                    Ok(s) => Step::Subscribed(s),
+                    Err(e) => {
+                        warn!(queue = %shared.queue, error = %e, retry_in = ?backoff, "subscribe failed");
+                        Step::Lost
+                    }
+                },
+            },
+            State::Waiting(sleep) => tokio::select! {
+                biased;
+                _ = stop.changed() => Step::Stop,
+                Some(()) = inflight.next(), if !inflight.is_empty() => Step::Nothing,
+                () = sleep.as_mut() => Step::Resubscribe,
+            },
+        };
+        match step {
+            Step::Stop => break,
+            Step::Nothing => {}
+            Step::Subscribed(s) => {
+                inc(&shared.stats.subscriptions);
+                debug!(queue = %shared.queue, "subscribed");
+                backoff = shared.resubscribe_initial;
+                state = State::Consuming(s);
+            }
+            Step::Lost => {
+                state = State::Waiting(Box::pin(tokio::time::sleep(backoff)));
+                backoff = (backoff * 2).min(shared.resubscribe_max);
+            }
+            Step::Resubscribe => state = State::Subscribing(subscribe()),
+        }
+    }
+    // Graceful drain.
+    if let State::Consuming(sub) = &mut state
+        && let Err(e) = sub.cancel().await
+    {
+        debug!(queue = %shared.queue, error = %e, "cancel failed");
+    }
+    let deadline = stop.borrow().unwrap_or(Duration::ZERO);
+    let drained = tokio::time::timeout(deadline, async {
+        while inflight.next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(queue = %shared.queue, left = inflight.len(), "drain deadline passed; unsettled messages will be redelivered");
+    }
+    drop(inflight);
+    drop(state);
+}
+
+enum Attempt {
+    Ok,
+    Failed(String, bool),
+    Panicked(String),
+    TimedOut,
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+async fn attempt(shared: &Shared, route: &Route, ctx: Context) -> Attempt {
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| route.handler.call(ctx))) {
+        Ok(f) => f,
+        Err(p) => return Attempt::Panicked(panic_message(&*p)),
+    };
+    let guarded = AssertUnwindSafe(fut).catch_unwind();
+    let result = match shared.handler_timeout {
+        Some(t) => match tokio::time::timeout(t, guarded).await {
+            Ok(r) => r,
+            Err(_) => return Attempt::TimedOut,
+        },
+        None => guarded.await,
+    };
+    match result {
+        Ok(Ok(())) => Attempt::Ok,
+        Ok(Err(e)) => {
+            let e: HandlerError = e;
+            Attempt::Failed(e.to_string(), e.is_permanent())
+        }
+        Err(p) => Attempt::Panicked(panic_message(&*p)),
+    }
+}
+
+/// Runs one handler with retries. Returns `None` on success, or the
+/// failure reason and the attempts made.
+async fn run_handler(shared: &Shared, route: &Route, ctx: &Context) -> Option<(String, u32)> {
+    let max = shared.retry.max_attempts.max(1);
+    for n in 1..=max {
+        let (reason, retryable) = match attempt(shared, route, ctx.clone()).await {
+            Attempt::Ok => return None,
+            Attempt::Panicked(m) => {
+                inc(&shared.stats.panics);
+                warn!(handler = %route.name, panic = %m, "handler panicked");
+                (format!("handler-panicked: {m}"), false)
+            }
+            Attempt::TimedOut => ("handler-timeout".to_owned(), true),
+            Attempt::Failed(m, permanent) => (format!("handler-failed: {m}"), !permanent),
+        };
+        if !retryable || n == max {
+            return Some((reason, n));
+        }
+        inc(&shared.stats.retries);
+        let wait = shared.retry.backoff(n);
+        warn!(handler = %route.name, attempt = n, %reason, retry_in = ?wait, "handler failed; retrying");
+        tokio::time::sleep(wait).await;
+    }
+    Some(("handler-failed".to_owned(), max))
+}
+
+async fn settle_ack(shared: &Shared, acker: Box<dyn Acker>) {
+    match acker.ack().await {
+        Ok(()) => inc(&shared.stats.acked),
+        Err(e) => {
+            inc(&shared.stats.settle_errors);
+            warn!(error = %e, "ack failed; the broker will redeliver");
+        }
+    }
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    acker: Box<dyn Acker>,
+    mut message: Message,
+    reason: &str,
+    handler: &str,
+    attempts: u32,
+) {
+    warn!(%reason, %handler, attempts, "dead-lettering message");
+    let h = &mut message.headers;
+    h.insert(HEADER_DEAD_LETTER_REASON.into(), reason.to_owned());
+    h.insert(HEADER_DEAD_LETTER_HANDLER.into(), handler.to_owned());
+    h.insert(HEADER_DEAD_LETTER_ATTEMPTS.into(), attempts.to_string());
+    h.insert(HEADER_DEAD_LETTER_QUEUE.into(), shared.queue.to_string());
+    h.insert(
+        HEADER_ORIGINAL_ROUTING_KEY.into(),
+        message.routing_key.clone(),
+    );
+    match acker.dead_letter(message).await {
+        Ok(()) => inc(&shared.stats.dead_lettered),
+        Err(e) => {
+            inc(&shared.stats.settle_errors);
+            warn!(error = %e, "dead-lettering failed; the broker will redeliver");
+        }
+    }
+}
+
+async fn process(shared: Arc<Shared>, delivery: Delivery) {
+    inc(&shared.stats.delivered);
+    let Delivery {
+        message,
+        redelivered,
+        delivery_count,
+        acker,
+    } = delivery;
+    let envelope = match Envelope::from_message(&message) {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("invalid-message: {e}");
+            return dead_letter(&shared, acker, message, &reason, "-", 0).await;
+        }
+    };
+    let span = info_span!(
+        "bus.handle",
+        queue = %shared.queue,
+        event_type = %envelope.event_type(),
+        message_id = %envelope.message_id(),
+        correlation_id = %envelope.correlation_id(),
+        delivery_count,
+    );
+    handle(shared.clone(), envelope, message, redelivered, delivery_count, acker)
+        .instrument(span)
+        .await
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    envelope: Envelope,
+    message: Message,
+    redelivered: bool,
+    delivery_count: u32,
+    acker: Box<dyn Acker>,
+) {
+    if let Some(dedup) = &shared.dedup {
+        match dedup.seen(envelope.message_id()).await {
+            Ok(true) => {
+                debug!("duplicate message id; acknowledging without handling");
+                inc(&shared.stats.duplicates);
+                return settle_ack(&shared, acker).await;
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "duplicate filter unavailable; handling anyway"),
+        }
+    }
+    let Some(routes) = shared.router.routes(envelope.event_type()) else {
+        return match shared.router.unknown_policy() {
+            UnknownEventPolicy::AckAndWarn => {
+                warn!("no handler for event type; acknowledging (policy AckAndWarn)");
+                inc(&shared.stats.unknown_acked);
+                settle_ack(&shared, acker).await
+            }
+            _ => {
+                let reason = format!("unknown-event-type: {}", envelope.event_type());
+                dead_letter(&shared, acker, message, &reason, "-", 0).await
+            }
+        };
+    };
+    let message_id = envelope.message_id().to_owned();
+    let ctx = Context::new(
+        envelope,
+        shared.bus.clone(),
+        shared.queue.clone(),
+        redelivered,
+        delivery_count,
+    );
+    let mut failure: Option<(String, Vec<&str>, u32)> = None;
+    for route in routes {
+        if let Some((reason, attempts)) = run_handler(&shared, route, &ctx).await {
+            match &mut failure {
+                None => failure = Some((reason, vec![&*route.name], attempts)),
+                Some((_, names, a)) => {
+                    names.push(&route.name);
+                    *a = (*a).max(attempts);
+                }
+            }
+        }
+    }
+    match failure {
+        None => {
+            if let Some(dedup) = &shared.dedup
+                && let Err(e) = dedup.mark(&message_id).await
+            {
+                warn!(error = %e, "duplicate filter could not record the message id");
+            }
+            settle_ack(&shared, acker).await;
+        }
+        Some((reason, names, attempts)) => {
+            dead_letter(&shared, acker, message, &reason, &names.join(","), attempts).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let p = RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(300),
+            multiplier: 2,
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(3), Duration::from_millis(300));
+        assert_eq!(p.backoff(40), Duration::from_millis(300));
+    }
+}

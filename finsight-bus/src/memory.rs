@@ -1,0 +1,648 @@
+//! The in-memory broker: the default backend and a broker-faithful test double.
+//!
+//! It emulates what the real brokers do: topic / direct / fanout exchanges
+//! with `*` and `#`, queue arguments (TTL → dead-letter with reason
+//! `expired`, dead-letter exchange and routing key, max length with
+//! `reject-publish`), `mandatory` returns, prefetch, delivery count,
+//! `redelivered`, requeue, and redelivery of unsettled messages after a
+//! connection loss. Scripted faults ([`MemoryBroker::disconnect`],
+//! [`MemoryBroker::set_offline`], [`MemoryBroker::nack_next`]) let your tests
+//! exercise reconnect and failure paths without a broker.
+//!
+//! TTL uses `tokio::time`, so tests under `start_paused = true` control it.
+//! Expiry happens at the queue head (as on RabbitMQ classic queues): when a
+//! consumer reads, a message is published to the queue, or
+//! [`MemoryBroker::queue_len`] / [`crate::Bus::health`] looks at it.
+//!
+//! Memory: every queue holds at most its `max_length` (or
+//! [`MemoryConfig::default_max_length`]) messages; publishing to a full
+//! queue is [`PublishOutcome::Nacked`].
+
+use crate::envelope::Message;
+use crate::error::{Error, Result};
+use crate::topology::{ExchangeKind, QueueSpec, Topology};
+use crate::transport::{
+    Acker, ConnectionState, Delivery, DeliveryStream, Health, PendingConfirm, PublishOptions,
+    PublishOutcome, QueueDepth, SubscribeOptions, Transport,
+};
+use futures_util::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+/// Header the in-memory broker sets when it dead-letters an expired message
+/// (RabbitMQ sets the same one).
+pub const HEADER_FIRST_DEATH_REASON: &str = "x-first-death-reason";
+/// Header with the queue a message was dead-lettered from (as RabbitMQ).
+pub const HEADER_FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
+
+/// In-memory broker settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Bound of a queue declared without `max_length` (default 1 000 000 messages).
+    pub default_max_length: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            default_max_length: 1_000_000,
+        }
+    }
+}
+
+/// The in-memory broker. Cheap to clone; clones share the broker, so give
+/// one clone to the [`crate::Bus`] and keep one to script faults and look
+/// into queues.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.inner.state.read();
+        f.debug_struct("MemoryBroker")
+            .field("exchanges", &s.exchanges.len())
+            .field("queues", &s.queues.len())
+            .field("online", &self.inner.online.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    config: MemoryConfig,
+    state: RwLock<State>,
+    offline: AtomicBool,
+    online: AtomicBool,
+    epoch: AtomicU64,
+    reconnects: AtomicU64,
+    nack_next: AtomicU64,
+    lost: Notify,
+    declared: Mutex<Option<Topology>>,
+}
+
+#[derive(Default)]
+struct State {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Arc<Queue>>,
+}
+
+struct Exchange {
+    kind: ExchangeKind,
+    durable: bool,
+    bindings: Vec<(String, Arc<Queue>)>,
+}
+
+struct Queue {
+    spec: QueueSpec,
+    max_len: usize,
+    ready: Mutex<VecDeque<Stored>>,
+    notify: Notify,
+}
+
+struct Stored {
+    message: Message,
+    enqueued: Instant,
+    delivery_count: u32,
+    redelivered: bool,
+}
+
+impl Queue {
+    fn expired(&self, s: &Stored, now: Instant) -> bool {
+        self.spec
+            .message_ttl
+            .is_some_and(|ttl| now.saturating_duration_since(s.enqueued) >= ttl)
+    }
+
+    /// Pops expired messages at the head into `out`.
+    fn expire_head(&self, q: &mut VecDeque<Stored>, now: Instant, out: &mut Vec<Stored>) {
+        if self.spec.message_ttl.is_none() {
+            return;
+        }
+        while q.front().is_some_and(|s| self.expired(s, now)) {
+            if let Some(s) = q.pop_front() {
+                out.push(s);
+            }
+        }
+    }
+}
+
+impl MemoryBroker {
+    /// A broker with default settings.
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default())
+    }
+
+    /// A broker with `config`.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        let inner = Inner {
+            config,
+            online: AtomicBool::new(true),
+            ..Inner::default()
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Scripted fault: cuts every connection now. Open subscriptions end with
+    /// [`Error::ConnectionLost`]; unsettled deliveries are requeued with
+    /// `redelivered` (when their acker is settled or dropped; settling fails
+    /// with [`Error::ConnectionLost`]). The next subscribe reconnects.
+    pub fn disconnect(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.online.store(false, Ordering::SeqCst);
+        self.inner.lost.notify_waiters();
+        debug!("memory broker: scripted disconnect");
+    }
+
+    /// Scripted fault: while `true`, publishing and subscribing fail with
+    /// [`Error::ConnectionLost`] (the broker is down). Setting it implies a
+    /// [`MemoryBroker::disconnect`].
+    pub fn set_offline(&self, offline: bool) {
+        if offline {
+            self.disconnect();
+        }
+        self.inner.offline.store(offline, Ordering::SeqCst);
+    }
+
+    /// Scripted fault: the next `n` publishes are answered
+    /// [`PublishOutcome::Nacked`].
+    pub fn nack_next(&self, n: u64) {
+        self.inner.nack_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Successful reconnects after scripted disconnects.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Ready messages in `queue` (after expiring its head), `None` if undeclared.
+    pub fn queue_len(&self, queue: &str) -> Option<usize> {
+        let q = self.inner.state.read().queues.get(queue).cloned()?;
+        let mut expired = Vec::new();
+        let len = {
+            let mut r = q.ready.lock();
+            q.expire_head(&mut r, Instant::now(), &mut expired);
+            r.len()
+        };
+        self.inner.dead_letter_expired(&q, expired);
+        Some(len)
+    }
+
+    /// Removes and returns up to `max` ready messages of `queue` (e.g. to
+    /// look at the dead-letter queue in a test).
+    pub fn take(&self, queue: &str, max: usize) -> Vec<Message> {
+        let Some(q) = self.inner.state.read().queues.get(queue).cloned() else {
+            return Vec::new();
+        };
+        let mut r = q.ready.lock();
+        let n = max.min(r.len());
+        r.drain(..n).map(|s| s.message).collect()
+    }
+
+    fn check_online(&self) -> Result<()> {
+        if self.inner.offline.load(Ordering::SeqCst) {
+            return Err(Error::ConnectionLost);
+        }
+        if !self.inner.online.swap(true, Ordering::SeqCst) {
+            self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            debug!("memory broker: reconnected");
+        }
+        Ok(())
+    }
+
+    fn declare_sync(&self, topology: &Topology) -> Result<()> {
+        self.check_online()?;
+        let mut st = self.inner.state.write();
+        for ex in [&topology.exchange, &topology.dead_letter_exchange] {
+            match st.exchanges.get(&ex.name) {
+                Some(e) if e.kind != ex.kind || e.durable != ex.durable => {
+                    return Err(Error::TopologyMismatch {
+                        object: format!("exchange `{}`", ex.name),
+                        argument: if e.kind != ex.kind { "type" } else { "durable" }.into(),
+                        detail: format!("declared as {} durable={}", e.kind.as_str(), e.durable),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    st.exchanges.insert(
+                        ex.name.clone(),
+                        Exchange {
+                            kind: ex.kind,
+                            durable: ex.durable,
+                            bindings: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        for (ex, spec) in topology.bound_queues() {
+            let q = match st.queues.get(&spec.name) {
+                Some(q) => {
+                    if let Some(arg) = differing_argument(&q.spec, spec) {
+                        return Err(Error::TopologyMismatch {
+                            object: format!("queue `{}`", spec.name),
+                            argument: arg.into(),
+                            detail: "the queue exists with another value".into(),
+                        });
+                    }
+                    q.clone()
+                }
+                None => {
+                    let max_len = spec
+                        .max_length
+                        .map_or(self.inner.config.default_max_length, |m| {
+                            usize::try_from(m).unwrap_or(usize::MAX)
+                        });
+                    let q = Arc::new(Queue {
+                        spec: spec.clone(),
+                        max_len,
+                        ready: Mutex::new(VecDeque::new()),
+                        notify: Notify::new(),
+                    });
+                    st.queues.insert(spec.name.clone(), q.clone());
+                    q
+                }
+            };
+            if let Some(e) = st.exchanges.get_mut(&ex.name) {
+                for b in &spec.bindings {
+                    if !e
+                        .bindings
+                        .iter()
+                        .any(|(k, bq)| k == b && Arc::ptr_eq(bq, &q))
+                    {
+                        e.bindings.push((b.clone(), q.clone()));
+                    }
+                }
+            }
+        }
+        *self.inner.declared.lock() = Some(topology.clone());
+        Ok(())
+    }
+}
+
+fn differing_argument(have: &QueueSpec, want: &QueueSpec) -> Option<&'static str> {
+    if have.durable != want.durable {
+        Some("durable")
+    } else if have.dead_letter_exchange != want.dead_letter_exchange {
+        Some("x-dead-letter-exchange")
+    } else if have.dead_letter_routing_key != want.dead_letter_routing_key {
+        Some("x-dead-letter-routing-key")
+    } else if have.message_ttl != want.message_ttl {
+        Some("x-message-ttl")
+    } else if have.max_length != want.max_length {
+        Some("x-max-length")
+    } else if have.arguments != want.arguments {
+        Some("arguments")
+    } else {
+        None
+    }
+}
+
+impl Inner {
+    /// Routes `message` through `exchange`; returns the outcome and the
+    /// messages that expired at the heads of the target queues.
+    fn route(
+        &self,
+        exchange: &str,
+        message: Message,
+        options: PublishOptions,
+        delivery_count: u32,
+    ) -> Result<PublishOutcome> {
+        let mut expired: Vec<(Arc<Queue>, Vec<Stored>)> = Vec::new();
+        let outcome = {
+            let st = self.state.read();
+            let ex = st.exchanges.get(exchange).ok_or_else(|| Error::NotDeclared {
+                kind: "exchange",
+                name: exchange.to_owned(),
+            })?;
+            let mut targets: Vec<&Arc<Queue>> = Vec::with_capacity(2);
+            for (b, q) in &ex.bindings {
+                if ex.kind.matches(b, &message.routing_key)
+                    && !targets.iter().any(|t| Arc::ptr_eq(t, q))
+                {
+                    targets.push(q);
+                }
+            }
+            if targets.is_empty() {
+                if options.mandatory {
+                    PublishOutcome::Unroutable {
+                        code: 312,
+                        text: format!("NO_ROUTE: exchange `{exchange}` has no queue bound for `{}`", message.routing_key),
+                    }
+                } else {
+                    PublishOutcome::Confirmed
+                }
+            } else {
+                let now = Instant::now();
+                let mut outcome = PublishOutcome::Confirmed;
+                let last = targets.len() - 1;
+                let mut message = Some(message);
+                for (i, q) in targets.into_iter().enumerate() {
+                    let m = if i == last {
+                        message.take()
+                    } else {
+                        message.clone()
+                    };
+                    let Some(m) = m else { break };
+                    let mut out = Vec::new();
+                    {
+                        let mut r = q.ready.lock();
+                        q.expire_head(&mut r, now, &mut out);
+                        if r.len() >= q.max_len {
+                            outcome = PublishOutcome::Nacked;
+                        } else {
+                            r.push_back(Stored {
+                                message: m,
+                                enqueued: now,
+                                delivery_count,
+                                redelivered: false,
+                            });
+                        }
+                    }
+                    q.notify.notify_one();
+                    if !out.is_empty() {
+                        expired.push((q.clone(), out));
+                    }
+                }
+                outcome
+            }
+        };
+        for (q, out) in expired {
+            self.dead_letter_expired(&q, out);
+        }
+        Ok(outcome)
+    }
+
+    fn dead_letter_expired(&self, q: &Queue, expired: Vec<Stored>) {
+        for s in expired {
+            let mut m = s.message;
+            m.headers
+                .entry(HEADER_FIRST_DEATH_REASON.into())
+                .or_insert_with(|| "expired".into());
+            m.headers
+                .entry(HEADER_FIRST_DEATH_QUEUE.into())
+                .or_insert_with(|| q.spec.name.clone());
+            debug!(queue = %q.spec.name, "message expired");
+            self.dead_letter(q, m);
+        }
+    }
+
+    /// Publishes `m` to `q`'s dead-letter exchange; dropped (as RabbitMQ
+    /// does) when the queue has none.
+    fn dead_letter(&self, q: &Queue, mut m: Message) {
+        let Some(dlx) = &q.spec.dead_letter_exchange else {
+            warn!(queue = %q.spec.name, "no dead-letter exchange: message dropped");
+            return;
+        };
+        if let Some(k) = &q.spec.dead_letter_routing_key {
+            m.routing_key = k.clone();
+        }
+        let opts = PublishOptions { mandatory: false };
+        if let Err(e) = self.route(dlx, m, opts, 0) {
+            warn!(queue = %q.spec.name, error = %e, "dead-lettering failed: message dropped");
+        }
+    }
+}
+
+impl Transport for MemoryBroker {
+    fn declare<'a>(&'a self, topology: &'a Topology) -> BoxFuture<'a, Result<()>> {
+        Box::pin(std::future::ready(self.declare_sync(topology)))
+    }
+
+    fn send<'a>(
+        &'a self,
+        exchange: &'a str,
+        message: Message,
+        options: PublishOptions,
+    ) -> BoxFuture<'a, Result<PendingConfirm>> {
+        let r = (|| {
+            self.check_online()?;
+            if self
+                .inner
+                .nack_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Ok(PendingConfirm::ready(PublishOutcome::Nacked));
+            }
+            self.inner
+                .route(exchange, message, options, 0)
+                .map(PendingConfirm::ready)
+        })();
+        Box::pin(std::future::ready(r))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        queue: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn DeliveryStream>>> {
+        let r = (|| {
+            self.check_online()?;
+            let q = self
+                .inner
+                .state
+                .read()
+                .queues
+                .get(queue)
+                .cloned()
+                .ok_or_else(|| Error::NotDeclared {
+                    kind: "queue",
+                    name: queue.to_owned(),
+                })?;
+            let s: Box<dyn DeliveryStream> = Box::new(MemStream {
+                broker: self.inner.clone(),
+                queue: q,
+                epoch: self.inner.epoch.load(Ordering::SeqCst),
+                prefetch: Arc::new(Semaphore::new(usize::from(options.prefetch.max(1)))),
+                cancelled: false,
+            });
+            Ok(s)
+        })();
+        Box::pin(std::future::ready(r))
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        let topology = self.inner.declared.lock().clone();
+        let mut queues = Vec::new();
+        let mut dlq = None;
+        if let Some(t) = &topology {
+            for q in &t.queues {
+                queues.push(QueueDepth {
+                    queue: q.name.clone(),
+                    depth: self.queue_len(&q.name).map(|n| n as u64),
+                    pending: None,
+                });
+            }
+            dlq = self.queue_len(&t.dead_letter_queue.name).map(|n| n as u64);
+        }
+        let state = if self.inner.offline.load(Ordering::SeqCst) {
+            ConnectionState::Disconnected
+        } else {
+            ConnectionState::Connected
+        };
+        Box::pin(std::future::ready(Health {
+            state,
+            reconnects: self.reconnects(),
+            unconfirmed: 0,
+            queues,
+            dead_letter_depth: dlq,
+        }))
+    }
+
+    fn close(&self, _deadline: Duration) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+struct MemStream {
+    broker: Arc<Inner>,
+    queue: Arc<Queue>,
+    epoch: u64,
+    prefetch: Arc<Semaphore>,
+    cancelled: bool,
+}
+
+impl MemStream {
+    fn alive(&self) -> bool {
+        self.broker.epoch.load(Ordering::SeqCst) == self.epoch
+    }
+
+    async fn next_delivery(&mut self) -> Option<Result<Delivery>> {
+        if self.cancelled {
+            return None;
+        }
+        let permit = {
+            let lost = self.broker.lost.notified();
+            tokio::pin!(lost);
+            lost.as_mut().enable();
+            if !self.alive() {
+                return Some(Err(Error::ConnectionLost));
+            }
+            tokio::select! {
+                p = self.prefetch.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return None,
+                },
+                () = &mut lost => return Some(Err(Error::ConnectionLost)),
+            }
+        };
+        loop {
+            let notified = self.queue.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let lost = self.broker.lost.notified();
+            tokio::pin!(lost);
+            lost.as_mut().enable();
+            if !self.alive() {
+                return Some(Err(Error::ConnectionLost));
+            }
+            let mut expired = Vec::new();
+            let got = {
+                let mut r = self.queue.ready.lock();
+                self.queue.expire_head(&mut r, Instant::now(), &mut expired);
+                r.pop_front()
+            };
+            if !expired.is_empty() {
+                self.broker.dead_letter_expired(&self.queue, expired);
+            }
+            if let Some(mut s) = got {
+                s.delivery_count += 1;
+                let delivery = Delivery {
+                    message: s.message.clone(),
+                    redelivered: s.redelivered,
+                    delivery_count: s.delivery_count,
+                    acker: Box::new(MemAcker {
+                        broker: self.broker.clone(),
+                        queue: self.queue.clone(),
+                        stored: Some(s),
+                        epoch: self.epoch,
+                        _permit: permit,
+                    }),
+                };
+                return Some(Ok(delivery));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = &mut lost => return Some(Err(Error::ConnectionLost)),
+            }
+        }
+    }
+}
+
+impl DeliveryStream for MemStream {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery>>> {
+        Box::pin(self.next_delivery())
+    }
+    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.cancelled = true;
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Drop for MemStream {
+    fn drop(&mut self) {
+        // Pass on a wake-up this consumer may have taken.
+        self.queue.notify.notify_one();
+    }
+}
+
+struct MemAcker {
+    broker: Arc<Inner>,
+    queue: Arc<Queue>,
+    stored: Option<Stored>,
+    epoch: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MemAcker {
+    fn alive(&self) -> bool {
+        self.broker.epoch.load(Ordering::SeqCst) == self.epoch
+    }
+    fn requeue_now(&mut self) {
+        if let Some(mut s) = self.stored.take() {
+            s.redelivered = true;
+            self.queue.ready.lock().push_front(s);
+            self.queue.notify.notify_one();
+        }
+    }
+    fn settle(mut self, f: impl FnOnce(&Inner, &Queue, Stored)) -> Result<()> {
+        if !self.alive() {
+            self.requeue_now();
+            return Err(Error::ConnectionLost);
+        }
+        if let Some(s) = self.stored.take() {
+            f(&self.broker, &self.queue, s);
+        }
+        Ok(())
+    }
+}
+
+impl Acker for MemAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(std::future::ready((*self).settle(|_, _, _| {})))
+    }
+    fn requeue(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        self.requeue_now();
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
+        Box::pin(std::future::ready((*self).settle(|b, q, _| b.dead_letter(q, message))))
+    }
+}
+
+impl Drop for MemAcker {
+    fn drop(&mut self) {
+        // Unsettled: back to the queue, as a broker does when a channel closes.
+        self.requeue_now();
+    }
+}

@@ -1,0 +1,306 @@
+//! In-memory broker behaviour that the real brokers have too: TTL →
+//! dead-letter, wildcards, prefetch, delivery count, redelivery after a
+//! (scripted) connection loss, bounded queues, handler timeout, retry
+//! backoff on the paused clock.
+
+use finsight_bus::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+async fn bus_with(broker: &MemoryBroker, topology: Topology, service: &str) -> Bus {
+    Bus::connect(broker.clone(), topology, service)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttl_expiry_dead_letters_with_reason() {
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap();
+    assert_eq!(broker.queue_len("q"), Some(1));
+    tokio::time::advance(Duration::from_millis(299_999)).await;
+    assert_eq!(broker.queue_len("q"), Some(1));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(broker.queue_len("q"), Some(0));
+    let dead = broker.take("finsight.dlq", 10);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["x-first-death-reason"], "expired");
+    assert_eq!(dead[0].headers["x-first-death-queue"], "q");
+    assert_eq!(dead[0].routing_key, "dead.letter");
+    assert_eq!(dead[0].headers["event_type"], "e");
+}
+
+#[tokio::test]
+async fn topic_wildcards_route_like_rabbitmq() {
+    let broker = MemoryBroker::new();
+    let mut t = Topology::finsight()
+        .consumer_queue("all")
+        .consumer_queue("orders");
+    t.queue_mut("all").unwrap().bindings = vec!["#".into()];
+    t.queue_mut("orders").unwrap().bindings = vec!["order.*.eu".into(), "order.#.us".into()];
+    let bus = bus_with(&broker, t, "svc").await;
+    for key in [
+        "order.placed.eu",
+        "order.placed.x.us",
+        "order.us",
+        "order.placed.asia",
+        "x",
+    ] {
+        let env = Envelope::new("e", &1).unwrap().with_routing_key(key);
+        assert!(bus.publish(&env).await.unwrap().is_confirmed());
+    }
+    assert_eq!(broker.queue_len("all"), Some(5));
+    assert_eq!(broker.queue_len("orders"), Some(3));
+}
+
+#[tokio::test]
+async fn prefetch_bounds_unacked_deliveries() {
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    for i in 0..10 {
+        bus.publish(&Envelope::new("e", &i).unwrap()).await.unwrap();
+    }
+    let mut sub = broker
+        .subscribe(
+            "q",
+            SubscribeOptions {
+                prefetch: 3,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(sub.next().await.unwrap().unwrap());
+    }
+    let fourth = tokio::time::timeout(Duration::from_millis(50), sub.next()).await;
+    assert!(fourth.is_err(), "a 4th delivery arrived beyond prefetch 3");
+    held.pop().unwrap().acker.ack().await.unwrap();
+    assert!(sub.next().await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn requeue_counts_deliveries_and_marks_redelivered() {
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap();
+    let mut sub = broker
+        .subscribe("q", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let d = sub.next().await.unwrap().unwrap();
+    assert_eq!((d.delivery_count, d.redelivered), (1, false));
+    d.acker.requeue().await.unwrap();
+    let d = sub.next().await.unwrap().unwrap();
+    assert_eq!((d.delivery_count, d.redelivered), (2, true));
+    drop(d); // unsettled and dropped: back to the queue, like a closed channel
+    let d = sub.next().await.unwrap().unwrap();
+    assert_eq!(d.delivery_count, 3);
+    d.acker.ack().await.unwrap();
+    assert_eq!(broker.queue_len("q"), Some(0));
+}
+
+#[tokio::test]
+async fn scripted_disconnect_redelivers_and_consumer_resubscribes() {
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let (g, c) = (gate.clone(), calls.clone());
+    let router = Router::new().on("e", move |ctx: Context| {
+        let (g, c) = (g.clone(), c.clone());
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            if !ctx.redelivered() {
+                // Hold the first delivery until the connection is gone.
+                let _p = g.acquire().await;
+            }
+            Ok(())
+        }
+    });
+    let consumer = bus
+        .consumer("q", router)
+        .resubscribe_backoff(Duration::from_millis(1), Duration::from_millis(5))
+        .start()
+        .unwrap();
+    bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap();
+    for _ in 0..500 {
+        if calls.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    broker.disconnect();
+    gate.add_permits(1);
+    // The ack fails (connection lost), the message comes back redelivered.
+    for _ in 0..500 {
+        if consumer.stats().acked == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let st = consumer.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!((st.acked, st.settle_errors), (1, 1));
+    assert!(st.subscriptions >= 2, "{st:?}");
+    assert_eq!(broker.reconnects(), 1);
+}
+
+#[tokio::test]
+async fn offline_broker_fails_publish_and_nack_script() {
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    broker.set_offline(true);
+    assert!(matches!(
+        bus.publish(&Envelope::new("e", &1).unwrap()).await,
+        Err(Error::ConnectionLost)
+    ));
+    assert_eq!(bus.health().await.state, ConnectionState::Disconnected);
+    broker.set_offline(false);
+    broker.nack_next(1);
+    assert_eq!(
+        bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap(),
+        PublishOutcome::Nacked
+    );
+    assert!(
+        bus.publish(&Envelope::new("e", &1).unwrap())
+            .await
+            .unwrap()
+            .is_confirmed()
+    );
+}
+
+#[tokio::test]
+async fn full_queue_nacks_publish() {
+    let broker = MemoryBroker::with_config(MemoryConfig {
+        default_max_length: 2,
+    });
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    for _ in 0..2 {
+        assert!(
+            bus.publish(&Envelope::new("e", &1).unwrap())
+                .await
+                .unwrap()
+                .is_confirmed()
+        );
+    }
+    assert_eq!(
+        bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap(),
+        PublishOutcome::Nacked
+    );
+    assert_eq!(broker.queue_len("q"), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn handler_timeout_is_retried_then_dead_lettered() {
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    let router = Router::new().on("slow", |_c: Context| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(())
+    });
+    let consumer = bus
+        .consumer("q", router)
+        .handler_timeout(Some(Duration::from_secs(1)))
+        .retry(RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        })
+        .start()
+        .unwrap();
+    bus.publish(&Envelope::new("slow", &1).unwrap())
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if consumer.stats().dead_lettered == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let dead = broker.take("finsight.dlq", 10);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].headers[HEADER_DEAD_LETTER_REASON],
+        "handler-timeout"
+    );
+    assert_eq!(dead[0].headers[HEADER_DEAD_LETTER_ATTEMPTS], "2");
+    assert_eq!(consumer.stats().retries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_waits_the_backoff_between_attempts() {
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    let times = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let t2 = times.clone();
+    let start = tokio::time::Instant::now();
+    let router = Router::new().on("e", move |_c: Context| {
+        let t = t2.clone();
+        async move {
+            t.lock().push(start.elapsed());
+            if t.lock().len() < 3 {
+                Err(HandlerError::msg("not yet"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        multiplier: 3,
+    };
+    let consumer = bus.consumer("q", router).retry(policy).start().unwrap();
+    bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap();
+    for _ in 0..100 {
+        if consumer.stats().acked == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = times.lock().clone();
+    assert_eq!(t.len(), 3);
+    assert_eq!(t[1] - t[0], Duration::from_millis(100));
+    assert_eq!(t[2] - t[1], Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn typed_handler_dead_letters_undecodable_payload_without_retry() {
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Order {
+        id: u64,
+    }
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    let router = Router::new().on_typed("order", |_c: Context, _o: Order| async { Ok(()) });
+    let consumer = bus.consumer("q", router).start().unwrap();
+    bus.publish(&Envelope::new("order", &serde_json::json!({"id": "not a number"})).unwrap())
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if consumer.stats().dead_lettered == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(consumer.stats().retries, 0);
+    let dead = broker.take("finsight.dlq", 1);
+    assert_eq!(dead[0].headers[HEADER_DEAD_LETTER_ATTEMPTS], "1");
+    assert!(dead[0].headers[HEADER_DEAD_LETTER_REASON].contains("not valid for this type"));
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Bus>();
+    assert_send_sync::<Error>();
+    assert_send_sync::<Envelope>();
+    assert_send_sync::<MemoryBroker>();
+    assert_send_sync::<Router>();
+    assert_send_sync::<ConsumerHandle>();
+}
