@@ -198,6 +198,11 @@ impl FlagSet {
         let mut errors = Vec::new();
         for (i, raw) in raws.iter().enumerate() {
             match parse_one(raw.get()) {
+                Ok(def) if def.key.is_empty() => errors.push(FlagError::new(
+                    format!("#{i}"),
+                    "key",
+                    "the flag has no key; every flag needs a non-empty `key`",
+                )),
                 Ok(def) => defs.push(def),
                 Err((key, field, msg)) => {
                     let key = key.unwrap_or_else(|| format!("#{i}"));
@@ -217,10 +222,10 @@ impl FlagSet {
         let mut errors = Vec::new();
         let mut accepted: Vec<CompiledFlag> = Vec::new();
         let mut seen: HashMap<String, ()> = HashMap::new();
-        for def in defs {
+        for (i, def) in defs.into_iter().enumerate() {
             if def.key.is_empty() {
                 errors.push(FlagError::new(
-                    format!("#{}", accepted.len() + errors.len()),
+                    format!("#{i}"),
                     "key",
                     "the flag has no key; every flag needs a non-empty `key`",
                 ));

@@ -1,0 +1,67 @@
+//! A warm boolean evaluation does not touch the heap: counted with a
+//! counting global allocator (`stats_alloc`). This binary holds this one test
+//! only, so no other test thread allocates while it counts.
+
+use finsight_flags::{EvaluationContext, FlagEngine, FlagSet};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use std::alloc::System;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const FLAGS: &str = r#"[
+  {"key": "checkout-v2", "flag_type": "boolean", "status": "active", "default_value": false,
+   "rollout_percentage": 60, "sticky_bucketing": true, "expires_at": "2099-01-01T00:00:00Z",
+   "targeting_rules": [
+     {"rule_type": "subscription_tier", "operator": "in", "values": ["pro", "enterprise"]},
+     {"rule_type": "geographic_region", "operator": "starts_with", "values": ["eu-"]},
+     {"rule_type": "user_id", "operator": "regex_match", "values": ["user-\\d+"]}
+   ]},
+  {"key": "pct", "flag_type": "percentage", "status": "active", "default_value": false,
+   "rollout_percentage": 30, "targeting_rules": [
+     {"rule_type": "custom_attribute", "attribute": "country", "operator": "not_in", "values": ["fr"]}
+   ]}
+]"#;
+
+#[test]
+fn warm_boolean_evaluation_allocates_nothing() {
+    let engine = FlagEngine::new(FlagSet::from_json(FLAGS).unwrap().strict().unwrap());
+    let contexts: Vec<EvaluationContext> = (0..64)
+        .map(|i| {
+            EvaluationContext::new()
+                .user_id(format!("user-{i}"))
+                .subscription_tier(if i % 2 == 0 { "pro" } else { "free" })
+                .geographic_region(if i % 3 == 0 { "eu-west" } else { "us-east" })
+                .custom_attribute("country", "de")
+        })
+        .collect();
+    // Warm up: first evaluations record sticky assignments (allocation allowed).
+    let mut warm_on = 0;
+    for ctx in &contexts {
+        warm_on += usize::from(engine.bool_value("checkout-v2", ctx, false));
+        engine.bool_value("pct", ctx, false);
+    }
+    let region = Region::new(GLOBAL);
+    let mut on = 0;
+    for _ in 0..100 {
+        for ctx in &contexts {
+            on += usize::from(engine.bool_value("checkout-v2", ctx, false));
+            on += usize::from(engine.is_enabled("pct", ctx));
+            on += usize::from(engine.is_enabled("missing-flag", ctx));
+        }
+    }
+    let stats = region.change();
+    assert_eq!(
+        stats.allocations, 0,
+        "warm boolean evaluations allocated: {stats:?}"
+    );
+    assert_eq!(stats.reallocations, 0, "{stats:?}");
+    assert!(
+        warm_on > 0 && on > 0,
+        "the flags should be on for some users"
+    );
+    // The counter works: an allocation is seen.
+    let region = Region::new(GLOBAL);
+    let v = std::hint::black_box(vec![1u8; 16]);
+    assert!(region.change().allocations > 0, "{v:?}");
+}
