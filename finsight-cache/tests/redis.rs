@@ -1,0 +1,407 @@
+//! Against the real Redis (`finsight_testkit::redis_url()`), unique prefixes per test.
+#![cfg(feature = "redis")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use finsight_cache::redis::{Invalidation, InvalidationStatus, RedisOptions};
+use finsight_cache::{Cache, CacheConfig};
+use finsight_testkit::{redis_url, unique};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Session {
+    user_id: u64,
+    roles: Vec<String>,
+}
+
+fn s(user_id: u64) -> Session {
+    Session {
+        user_id,
+        roles: vec!["trader".into()],
+    }
+}
+
+fn prefix(label: &str) -> String {
+    format!("{}:", unique(label))
+}
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn cache_with(cfg: CacheConfig, inv: Invalidation) -> Cache<Session> {
+    let c = Cache::builder(cfg)
+        .redis(RedisOptions::new(&redis_url()).unwrap().invalidation(inv))
+        .build()
+        .await
+        .unwrap();
+    if inv != Invalidation::Off {
+        assert_ne!(
+            c.invalidation_status(),
+            Some(InvalidationStatus::Connecting)
+        );
+    }
+    c
+}
+
+async fn cache(cfg: CacheConfig) -> Cache<Session> {
+    cache_with(cfg, Invalidation::Tracking).await
+}
+
+/// Polls (bounded: up to 2 s) until `key` left `c`'s L1; returns how long it took.
+async fn wait_evicted(c: &Cache<Session>, key: &str) -> Option<Duration> {
+    let start = Instant::now();
+    for _ in 0..2_000 {
+        if !c.contains_local(key).await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn wire_format_is_plain_json_with_ttl_or_gzip_json() {
+    let p = prefix("wire");
+    let plain = cache(CacheConfig::new("plain", &p, Duration::from_secs(1800))).await;
+    plain.set("u1", &s(1)).await.unwrap();
+    let mut r = raw().await;
+    let body: Vec<u8> = redis::cmd("GET")
+        .arg(format!("{p}u1"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"user_id": 1, "roles": ["trader"]})
+    );
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{p}u1"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(pttl > 1_790_000 && pttl <= 1_800_000, "{pttl}");
+
+    let pz = prefix("wirez");
+    let gz =
+        cache(CacheConfig::new("gz", &pz, Duration::from_secs(3600)).with_compression(true)).await;
+    gz.set("u2", &s(2)).await.unwrap();
+    let body: Vec<u8> = redis::cmd("GET")
+        .arg(format!("{pz}u2"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip magic");
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).unwrap();
+    assert_eq!(serde_json::from_str::<Session>(&json).unwrap(), s(2));
+}
+
+#[tokio::test]
+async fn l2_hit_fills_l1_no_longer_than_the_pttl_left() {
+    let p = prefix("pttl");
+    let c = cache(CacheConfig::new("pttl", &p, Duration::from_secs(1800))).await;
+    let mut r = raw().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}k"))
+        .arg(serde_json::to_vec(&s(5)).unwrap())
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // That write's invalidation must arrive before the read, or it evicts the fill.
+    settle(&c, 0).await;
+    assert_eq!(c.get("k").await.unwrap(), Some(s(5)));
+    assert!(c.contains_local("k").await, "L2 hit copied into L1");
+    assert_eq!(c.stats().l2.hits, 1);
+    // Wait (bounded) until Redis expired the key; L1 must not outlive it.
+    let mut gone = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(format!("{p}k"))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        if exists == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone);
+    assert!(
+        !c.contains_local("k").await,
+        "L1 entry expired with the Redis key"
+    );
+    assert_eq!(c.get("k").await.unwrap(), None);
+}
+
+/// Waits (bounded: 2 s) until `c` received more invalidations than `before`.
+async fn settle(c: &Cache<Session>, before: u64) {
+    for _ in 0..2_000 {
+        if c.stats().invalidations_received > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("no invalidation arrived within 2 s");
+}
+
+/// B holds `k` in L1; then `write` runs and B's L1 must lose `k`.
+/// Returns the time from the start of the write to the eviction.
+async fn eviction_latency<F: std::future::Future<Output = ()>>(
+    b: &Cache<Session>,
+    write: F,
+) -> Duration {
+    assert!(b.contains_local("k").await, "precondition: B holds k in L1");
+    let start = Instant::now();
+    write.await;
+    for _ in 0..20_000 {
+        if !b.contains_local("k").await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_micros(100)).await;
+    }
+    panic!("B's L1 still holds k 2 s after the write");
+}
+
+#[tokio::test]
+async fn write_on_one_instance_evicts_the_other_instances_l1() {
+    let p = prefix("xinst");
+    let cfg = CacheConfig::new("xinst", &p, Duration::from_secs(600));
+    let a = cache(cfg.clone()).await;
+    let b = cache(cfg).await;
+    assert_eq!(a.invalidation_status(), Some(InvalidationStatus::Tracking));
+    assert_eq!(b.invalidation_status(), Some(InvalidationStatus::Tracking));
+
+    let before = b.stats().invalidations_received;
+    a.set("k", &s(1)).await.unwrap();
+    settle(&b, before).await;
+    assert_eq!(b.get("k").await.unwrap(), Some(s(1)));
+    let took = eviction_latency(&b, async { a.set("k", &s(2)).await.unwrap() }).await;
+    eprintln!("cross-instance eviction, set on A: {took:?}");
+    assert_eq!(b.get("k").await.unwrap(), Some(s(2)));
+
+    let took = eviction_latency(&b, async { a.delete("k").await.unwrap() }).await;
+    eprintln!("cross-instance eviction, delete on A: {took:?}");
+    assert_eq!(b.get("k").await.unwrap(), None);
+
+    // A write by any other client (as the Python services do) evicts too.
+    let before = b.stats().invalidations_received;
+    b.set("k", &s(3)).await.unwrap();
+    settle(&b, before).await; // B's own write comes back as an invalidation too
+    assert_eq!(b.get("k").await.unwrap(), Some(s(3)));
+    let mut r = raw().await;
+    let took = eviction_latency(&b, async {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{p}k"))
+            .arg(serde_json::to_vec(&s(4)).unwrap())
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    })
+    .await;
+    eprintln!("cross-instance eviction, foreign SET: {took:?}");
+    assert_eq!(b.get("k").await.unwrap(), Some(s(4)));
+}
+
+#[tokio::test]
+async fn pubsub_fallback_also_invalidates_other_instances() {
+    let p = prefix("pubsub");
+    let cfg = CacheConfig::new("pubsub", &p, Duration::from_secs(600));
+    let a = cache_with(cfg.clone(), Invalidation::PubSub).await;
+    let b = cache_with(cfg, Invalidation::PubSub).await;
+    assert_eq!(b.invalidation_status(), Some(InvalidationStatus::PubSub));
+    let before = b.stats().invalidations_received;
+    a.set("k", &s(1)).await.unwrap();
+    settle(&b, before).await;
+    assert_eq!(b.get("k").await.unwrap(), Some(s(1)));
+    let took = eviction_latency(&b, async { a.set("k", &s(2)).await.unwrap() }).await;
+    eprintln!("cross-instance eviction through pub/sub: {took:?}");
+    assert_eq!(b.get("k").await.unwrap(), Some(s(2)));
+    assert!(
+        a.contains_local("k").await,
+        "the writer skips its own message"
+    );
+    assert!(a.stats().invalidations_sent >= 2);
+    assert!(b.stats().invalidations_received >= 1);
+}
+
+#[tokio::test]
+async fn a_fill_that_raced_a_remote_invalidation_leaves_no_stale_value() {
+    let p = prefix("race");
+    let cfg = CacheConfig::new("race", &p, Duration::from_secs(600));
+    let a = cache(cfg.clone()).await;
+    let b = cache(cfg).await;
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (st, rl) = (Arc::clone(&started), Arc::clone(&release));
+    let a2 = a.clone();
+    let fill = tokio::spawn(async move {
+        a2.get_or_load("k", move || async move {
+            st.notify_one();
+            rl.notified().await;
+            Ok::<_, std::io::Error>(Some(s(0))) // read from the source before B's write
+        })
+        .await
+    });
+    started.notified().await;
+    let before = a.stats().invalidations_received;
+    b.set("k", &s(1)).await.unwrap();
+    // Bounded wait until A has received the invalidation.
+    for _ in 0..2_000 {
+        if a.stats().invalidations_received > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(a.stats().invalidations_received > before, "A saw B's write");
+    release.notify_one();
+    assert_eq!(fill.await.unwrap().unwrap(), Some(s(0)));
+    assert!(!a.contains_local("k").await, "stale fill not stored");
+    assert_eq!(a.get("k").await.unwrap(), Some(s(1)));
+    let mut r = raw().await;
+    let body: Vec<u8> = redis::cmd("GET")
+        .arg(format!("{p}k"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Session>(&body).unwrap(),
+        s(1),
+        "Redis keeps B's newer value"
+    );
+}
+
+#[tokio::test]
+async fn invalidate_pattern_scans_and_unlinks() {
+    let p = prefix("pattern");
+    let cfg = CacheConfig::new("pattern", &p, Duration::from_secs(600));
+    let a = cache(cfg.clone()).await;
+    let b = cache(cfg).await;
+    for i in 0..1_200 {
+        a.set(&format!("user:{i}:profile"), &s(i)).await.unwrap();
+    }
+    let before = b.stats().invalidations_received;
+    a.set("user:1:prefs", &s(1)).await.unwrap();
+    // Let the 1 201 writes' invalidations drain before B caches a key.
+    for _ in 0..2_000 {
+        if b.stats().invalidations_received >= before + 1_201 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(b.get("user:7:profile").await.unwrap(), Some(s(7)));
+    assert!(b.contains_local("user:7:profile").await);
+    let n = a.invalidate_pattern("user:*:profile").await.unwrap();
+    assert_eq!(n, 1_200);
+    assert_eq!(a.get("user:3:profile").await.unwrap(), None);
+    assert_eq!(a.get("user:1:prefs").await.unwrap(), Some(s(1)));
+    wait_evicted(&b, "user:7:profile")
+        .await
+        .expect("other instance evicted");
+    let mut r = raw().await;
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{p}*"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![format!("{p}user:1:prefs")]);
+}
+
+#[tokio::test]
+async fn get_or_load_reads_redis_before_the_loader_and_writes_back() {
+    let p = prefix("rt");
+    let cfg = CacheConfig::new("rt", &p, Duration::from_secs(600));
+    let a = cache(cfg.clone()).await;
+    let b = cache(cfg).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let loader = |calls: Arc<AtomicUsize>| {
+        move || async move {
+            calls.fetch_add(1, SeqCst);
+            Ok::<_, std::io::Error>(Some(s(42)))
+        }
+    };
+    assert_eq!(
+        a.get_or_load("k", loader(Arc::clone(&calls)))
+            .await
+            .unwrap(),
+        Some(s(42))
+    );
+    assert_eq!(
+        b.get_or_load("k", loader(Arc::clone(&calls)))
+            .await
+            .unwrap(),
+        Some(s(42))
+    );
+    assert_eq!(calls.load(SeqCst), 1, "B found A's value in Redis");
+    assert_eq!(b.stats().l2.hits, 1);
+}
+
+#[tokio::test]
+async fn lease_makes_one_instance_load_for_all() {
+    let p = prefix("lease");
+    let cfg =
+        CacheConfig::new("lease", &p, Duration::from_secs(600)).with_lease(Duration::from_secs(2));
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(cache(cfg.clone()).await);
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for c in instances {
+        let calls = Arc::clone(&calls);
+        tasks.push(tokio::spawn(async move {
+            c.get_or_load("hot", move || async move {
+                calls.fetch_add(1, SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, std::io::Error>(Some(s(9)))
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), Some(s(9)));
+    }
+    assert_eq!(calls.load(SeqCst), 1, "one load across four instances");
+}
+
+#[tokio::test]
+async fn redis_unreachable_reads_fall_back_and_writes_report_it() {
+    // Nothing listens on port 1: every L2 call fails fast (no outage of the shared Redis).
+    let cfg = CacheConfig::new("down", "down:", Duration::from_secs(60))
+        .with_l2_timeout(Duration::from_millis(200));
+    let c: Cache<Session> = Cache::builder(cfg)
+        .redis(
+            RedisOptions::new("redis://127.0.0.1:1")
+                .unwrap()
+                .connect_timeout(Duration::from_millis(200)),
+        )
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        c.invalidation_status(),
+        Some(InvalidationStatus::Connecting)
+    );
+    assert_eq!(c.get("k").await.unwrap(), None);
+    let v = c
+        .get_or_load("k", || async { Ok::<_, std::io::Error>(Some(s(1))) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(s(1)));
+    assert_eq!(c.get("k").await.unwrap(), Some(s(1)), "L1 serves");
+    let err = c.set("k", &s(2)).await.unwrap_err();
+    assert!(err.to_string().contains("Redis"), "{err}");
+    assert!(c.stats().l2.errors >= 2, "{:?}", c.stats());
+}
