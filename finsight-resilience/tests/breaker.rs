@@ -203,7 +203,7 @@ async fn a_dropped_probe_is_cancelled_not_failed_and_releases_its_slot() {
     clock.advance(Duration::from_secs(60));
 
     {
-        let fut = b.call(|| std::future::pending::<Result<(), ()>>());
+        let fut = b.call(std::future::pending::<Result<(), ()>>);
         let mut fut = std::pin::pin!(fut);
         assert!(poll_once(fut.as_mut()).is_pending());
         assert_eq!(b.state(), State::HalfOpen);

@@ -1,0 +1,465 @@
+//! Retry on tokio's paused clock with seeded jitter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use finsight_resilience::{
+    Backoff, BreakerError, CircuitBreaker, Jitter, ManualClock, OnCircuitOpen, Retry, RetryAction,
+    RetryBudget, RetryError, State, StopReason, parse_retry_after,
+};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+
+fn exp(base_ms: u64, cap_ms: u64, jitter: Jitter) -> Backoff {
+    Backoff::exponential(
+        Duration::from_millis(base_ms),
+        Duration::from_millis(cap_ms),
+    )
+    .jitter(jitter)
+}
+
+/// Runs `op` and records the paused-clock instant of every attempt.
+struct Recorder {
+    t0: Instant,
+    at: std::sync::Mutex<Vec<Duration>>,
+}
+
+impl Recorder {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            t0: Instant::now(),
+            at: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+    fn hit(&self) -> usize {
+        let mut v = self.at.lock().unwrap();
+        v.push(self.t0.elapsed());
+        v.len()
+    }
+    fn gaps(&self) -> Vec<Duration> {
+        let v = self.at.lock().unwrap();
+        v.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exponential_backoff_without_jitter_waits_base_times_two_to_the_n() {
+    let retry = Retry::builder()
+        .max_attempts(4)
+        .backoff(exp(100, 10_000, Jitter::None))
+        .build()
+        .unwrap();
+    let rec = Recorder::new();
+    let r = retry
+        .run(|| {
+            let rec = rec.clone();
+            async move { if rec.hit() < 4 { Err("busy") } else { Ok(7) } }
+        })
+        .await;
+    assert_eq!(r.unwrap(), 7);
+    assert_eq!(
+        rec.gaps(),
+        [100, 200, 400].map(Duration::from_millis).to_vec()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn seeded_jitter_is_reproducible_and_matches_backoff_delay() {
+    let backoff = exp(100, 1_000, Jitter::Full);
+    let retry = Retry::builder()
+        .max_attempts(5)
+        .backoff(backoff)
+        .seed(42)
+        .build()
+        .unwrap();
+    let rec = Recorder::new();
+    let r: Result<(), _> = retry
+        .run(|| {
+            let rec = rec.clone();
+            async move {
+                rec.hit();
+                Err("down")
+            }
+        })
+        .await;
+    match r {
+        Err(RetryError::Failed {
+            error: "down",
+            attempts: 5,
+            reason: StopReason::AttemptsExhausted,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut rng = SmallRng::seed_from_u64(42);
+    let mut prev = Duration::ZERO;
+    let expected: Vec<Duration> = (0..4)
+        .map(|n| {
+            prev = backoff.delay(n, prev, &mut rng);
+            prev
+        })
+        .collect();
+    // tokio's timer has millisecond resolution and rounds up.
+    for (gap, want) in rec.gaps().iter().zip(&expected) {
+        assert!(
+            *gap >= *want && *gap <= *want + Duration::from_millis(1),
+            "{gap:?} vs {want:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_chosen_ok_results_and_returns_the_last_ok_when_attempts_run_out() {
+    let retry = Retry::builder()
+        .max_attempts(3)
+        .backoff(exp(10, 100, Jitter::None))
+        .build()
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    let classify = |r: &Result<u16, &str>| match r {
+        Ok(503) => RetryAction::Retry,
+        Ok(_) => RetryAction::Return,
+        Err(_) => RetryAction::Return,
+    };
+    let r = retry
+        .run_with(&classify, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<u16, &str>(503) }
+        })
+        .await;
+    assert_eq!(r.unwrap(), 503);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // A non-retryable error returns at once.
+    calls.store(0, Ordering::SeqCst);
+    let r = retry
+        .run_with(&classify, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<u16, &str>("400") }
+        })
+        .await;
+    assert!(matches!(
+        r,
+        Err(RetryError::Failed {
+            reason: StopReason::NotRetryable,
+            attempts: 1,
+            ..
+        })
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_hint_is_never_undercut_and_too_long_a_hint_stops() {
+    let retry = Retry::builder()
+        .max_attempts(3)
+        .backoff(exp(100, 1_000, Jitter::Full))
+        .max_retry_after(Duration::from_secs(30))
+        .seed(1)
+        .build()
+        .unwrap();
+    let rec = Recorder::new();
+    let classify = |r: &Result<(), Duration>| match r {
+        Ok(()) => RetryAction::Return,
+        Err(hint) => RetryAction::RetryAfter(*hint),
+    };
+    let r = retry
+        .run_with(&classify, || {
+            let rec = rec.clone();
+            async move {
+                if rec.hit() == 1 {
+                    Err(Duration::from_secs(5))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+    r.unwrap();
+    let gap = rec.gaps()[0];
+    assert!(
+        gap >= Duration::from_secs(5) && gap <= Duration::from_millis(5_001),
+        "{gap:?}"
+    );
+
+    let r = retry
+        .run_with(&classify, || async {
+            Err::<(), _>(Duration::from_secs(31))
+        })
+        .await;
+    assert!(matches!(
+        r,
+        Err(RetryError::Failed {
+            reason: StopReason::RetryAfterTooLong,
+            attempts: 1,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn parses_http_retry_after_seconds_and_dates() {
+    let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+    assert_eq!(
+        parse_retry_after("120", now).unwrap(),
+        Duration::from_secs(120)
+    );
+    assert_eq!(parse_retry_after(" 0 ", now).unwrap(), Duration::ZERO);
+    assert_eq!(
+        parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now).unwrap(),
+        Duration::from_secs(30)
+    );
+    // Rounded up, never early.
+    let now_plus = now + Duration::from_millis(200);
+    assert_eq!(
+        parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now_plus).unwrap(),
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now).unwrap(),
+        Duration::ZERO
+    );
+    for bad in ["-1", "1.5", "soon", ""] {
+        let e = parse_retry_after(bad, SystemTime::UNIX_EPOCH).unwrap_err();
+        assert!(e.to_string().contains("Retry-After"), "{e}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_stops_waits_that_would_pass_it_and_cancels_a_running_attempt() {
+    let retry = Retry::builder()
+        .max_attempts(10)
+        .backoff(exp(100, 100_000, Jitter::None))
+        .deadline(Duration::from_millis(1_000))
+        .build()
+        .unwrap();
+    let rec = Recorder::new();
+    let r: Result<(), _> = retry
+        .run(|| {
+            let rec = rec.clone();
+            async move {
+                rec.hit();
+                Err("x")
+            }
+        })
+        .await;
+    // attempts at 0, 100, 300, 700; the next wait (800 ms) would end at 1500.
+    assert!(
+        matches!(
+            r,
+            Err(RetryError::Failed {
+                reason: StopReason::Deadline,
+                attempts: 4,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert!(rec.t0.elapsed() < Duration::from_secs(1));
+
+    let r: Result<(), RetryError<&str>> = retry
+        .run(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        })
+        .await;
+    assert!(matches!(
+        r,
+        Err(RetryError::DeadlineExceeded { attempts: 1 })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_budget_stops_retry_storms_across_retriers() {
+    let clock = ManualClock::new();
+    // No floor, 50 % of calls: after 4 calls, 2 retries in total.
+    let budget = RetryBudget::with_clock(Duration::from_secs(10), 0, 0.5, clock.clone()).unwrap();
+    let mk = || {
+        Retry::builder()
+            .max_attempts(5)
+            .backoff(exp(1, 10, Jitter::None))
+            .budget(budget.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (mk(), mk());
+    for _ in 0..2 {
+        a.run(|| async { Ok::<_, ()>(()) }).await.unwrap();
+        b.run(|| async { Ok::<_, ()>(()) }).await.unwrap();
+    }
+    assert_eq!(budget.balance(), 2);
+    let calls = AtomicU32::new(0);
+    let failing = || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>("down") }
+    };
+    let r = a.run(failing).await;
+    // First call deposits 0.5 more: 2.5 -> two retries, then empty.
+    assert!(
+        matches!(
+            r,
+            Err(RetryError::Failed {
+                reason: StopReason::BudgetExhausted,
+                attempts: 3,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // 0.5 left + 0.5 deposited by b's call: one retry, then empty.
+    let r = b.run(failing).await;
+    assert!(
+        matches!(
+            r,
+            Err(RetryError::Failed {
+                reason: StopReason::BudgetExhausted,
+                attempts: 2,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        5,
+        "without the budget it would be 10"
+    );
+    // Deposits expire after the ttl.
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(budget.balance(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_floor_allows_retries_per_second() {
+    let clock = ManualClock::new();
+    let budget = RetryBudget::with_clock(Duration::from_secs(1), 3, 0.0, clock.clone()).unwrap();
+    assert_eq!(budget.balance(), 3);
+    assert!(budget.try_withdraw() && budget.try_withdraw() && budget.try_withdraw());
+    assert!(!budget.try_withdraw());
+    clock.advance(Duration::from_secs(2)); // withdrawals expire
+    assert!(budget.try_withdraw());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_waits_for_an_open_breakers_probe_time_without_burning_attempts() {
+    let b = CircuitBreaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(finsight_resilience::OpenDuration::Fixed(
+            Duration::from_secs(30),
+        ))
+        .build()
+        .unwrap();
+    b.call(|| async { Err::<(), _>(()) }).await.unwrap_err();
+    assert_eq!(b.state(), State::Open);
+    let retry = Retry::builder()
+        .max_attempts(2)
+        .backoff(exp(10, 100, Jitter::None))
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let calls = AtomicU32::new(0);
+    let r = retry
+        .run_through(&b, &finsight_resilience::RetryOnError, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, ()>("fresh") }
+        })
+        .await;
+    assert_eq!(r.unwrap(), "fresh");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the rejection used no attempt"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited <= Duration::from_millis(30_001),
+        "{waited:?}"
+    );
+    assert_eq!(b.state(), State::Closed);
+
+    // GiveUp: stops at once, the operation is not called.
+    b.force_open();
+    let give_up = Retry::builder()
+        .on_circuit_open(OnCircuitOpen::GiveUp)
+        .build()
+        .unwrap();
+    let r = give_up
+        .run_through(&b, &finsight_resilience::RetryOnError, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, ()>("never") }
+        })
+        .await;
+    match r {
+        Err(RetryError::Failed {
+            error: BreakerError::Open(o),
+            reason: StopReason::CircuitOpen,
+            attempts: 0,
+        }) => {
+            assert_eq!(o.state(), State::ForcedOpen)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_through_a_breaker_counts_retryable_results_as_failures() {
+    let b = CircuitBreaker::builder("dep")
+        .consecutive_failures(3)
+        .build()
+        .unwrap();
+    let retry = Retry::builder()
+        .max_attempts(3)
+        .backoff(exp(10, 100, Jitter::None))
+        .on_circuit_open(OnCircuitOpen::GiveUp)
+        .build()
+        .unwrap();
+    let classify = |r: &Result<u16, &str>| match r {
+        Ok(503) => RetryAction::Retry,
+        _ => RetryAction::Return,
+    };
+    let r = retry
+        .run_through(&b, &classify, || async { Ok::<u16, &str>(503) })
+        .await;
+    assert_eq!(r.unwrap(), 503);
+    assert_eq!(
+        b.state(),
+        State::Open,
+        "three retryable 503s are three failures"
+    );
+    let r = retry
+        .run_through(&b, &classify, || async { Err::<u16, &str>("400") })
+        .await;
+    assert!(matches!(
+        r,
+        Err(RetryError::Failed {
+            reason: StopReason::CircuitOpen,
+            ..
+        })
+    ));
+    b.reset();
+    let r = retry
+        .run_through(&b, &classify, || async { Err::<u16, &str>("400") })
+        .await;
+    assert!(r.is_err());
+    assert_eq!(
+        b.metrics().ignored,
+        1,
+        "a non-retryable error is ignored by the breaker"
+    );
+}
+
+#[test]
+fn bad_retry_settings_are_rejected() {
+    assert!(
+        Retry::builder()
+            .max_attempts(0)
+            .build()
+            .unwrap_err()
+            .to_string()
+            .contains("max_attempts")
+    );
+    assert!(RetryBudget::new(Duration::from_millis(10), 1, 0.2).is_err());
+    assert!(RetryBudget::new(Duration::from_secs(1), 1, -1.0).is_err());
+}
