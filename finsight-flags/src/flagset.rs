@@ -37,6 +37,25 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Puts back the previous definition of every rejected flag that was in
+    /// `previous` (the errors stay reported).
+    fn keeping(self, previous: &FlagSet) -> LoadReport {
+        let mut defs: Vec<FlagDefinition> = self.set.flags.into_iter().map(|f| f.def).collect();
+        for e in &self.errors {
+            if !defs.iter().any(|d| d.key == e.key)
+                && let Some(old) = previous.get(&e.key)
+            {
+                tracing::warn!(flag = %e.key, "finsight-flags: keeping the last good definition of a rejected flag");
+                defs.push(old.clone());
+            }
+        }
+        let mut kept = FlagSet::from_definitions(defs);
+        let mut errors = self.errors;
+        errors.append(&mut kept.errors);
+        kept.errors = errors;
+        kept
+    }
+
     /// The set, or the first error when any flag was rejected: for callers
     /// that want all-or-nothing loading.
     ///
@@ -194,10 +213,19 @@ impl FlagSet {
     /// then nothing is loaded.
     pub fn from_json(json: &str) -> Result<LoadReport, Error> {
         let raws = split_document(json)?;
-        let mut defs = Vec::with_capacity(raws.len());
+        Ok(Self::from_raw(raws.iter().map(|r| r.get()), None))
+    }
+
+    /// Deserializes each flag's JSON text on its own, validates the lot, and
+    /// (with `previous`) keeps the previous definition of a flag rejected now.
+    pub(crate) fn from_raw<'a>(
+        raws: impl IntoIterator<Item = &'a str>,
+        previous: Option<&FlagSet>,
+    ) -> LoadReport {
+        let mut defs = Vec::new();
         let mut errors = Vec::new();
-        for (i, raw) in raws.iter().enumerate() {
-            match parse_one(raw.get()) {
+        for (i, raw) in raws.into_iter().enumerate() {
+            match parse_one(raw) {
                 Ok(def) if def.key.is_empty() => errors.push(FlagError::new(
                     format!("#{i}"),
                     "key",
@@ -213,7 +241,10 @@ impl FlagSet {
         let mut report = Self::from_definitions(defs);
         errors.append(&mut report.errors);
         report.errors = errors;
-        Ok(report)
+        match previous {
+            Some(previous) if !report.errors.is_empty() => report.keeping(previous),
+            _ => report,
+        }
     }
 
     /// Validates and compiles definitions (see the type docs for what is
@@ -269,24 +300,8 @@ impl FlagSet {
     /// # Errors
     /// [`Error::Document`] as [`FlagSet::from_json`]; the caller keeps `previous`.
     pub fn from_json_keeping(json: &str, previous: &FlagSet) -> Result<LoadReport, Error> {
-        let report = Self::from_json(json)?;
-        if report.errors.is_empty() {
-            return Ok(report);
-        }
-        let mut defs: Vec<FlagDefinition> = report.set.flags.into_iter().map(|f| f.def).collect();
-        for e in &report.errors {
-            if !defs.iter().any(|d| d.key == e.key)
-                && let Some(old) = previous.get(&e.key)
-            {
-                tracing::warn!(flag = %e.key, "finsight-flags: keeping the last good definition of a rejected flag");
-                defs.push(old.clone());
-            }
-        }
-        let mut kept = Self::from_definitions(defs);
-        let mut errors = report.errors;
-        errors.append(&mut kept.errors);
-        kept.errors = errors;
-        Ok(kept)
+        let raws = split_document(json)?;
+        Ok(Self::from_raw(raws.iter().map(|r| r.get()), Some(previous)))
     }
 
     /// The definition of `key`, if loaded. A hash lookup, no allocation.

@@ -88,6 +88,9 @@ mod eval;
 mod exposure;
 mod flagset;
 mod model;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod source;
 mod sticky;
 
@@ -109,7 +112,7 @@ pub use eval::{
 pub use exposure::{ExposureBuffer, ExposureEvent, ExposureSink, ExposureStats};
 pub use flagset::{FlagSet, LoadReport, REGEX_SIZE_LIMIT};
 pub use model::{FlagDefinition, FlagStatus, FlagType, Operator, RuleType, TargetingRule, Variant};
-pub use source::{FileSource, FileWatcher, ReloadStatus};
+pub use source::{FileSource, ReloadStatus, SourceWatcher};
 pub use sticky::{
     Assignment, MemoryStickyStore, OwnedStickyKey, PreloadFuture, StickyKey, StickyStore,
 };

@@ -80,7 +80,7 @@ impl FileSource {
     /// # Errors
     /// The initial load's error (then nothing is watched), or
     /// [`Error::Config`] without a tokio runtime.
-    pub async fn watch(self, engine: FlagEngine) -> Result<FileWatcher, Error> {
+    pub async fn watch(self, engine: FlagEngine) -> Result<SourceWatcher, Error> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("FileSource::watch needs a running tokio runtime".into()))?;
         let (text, stamp) = read(&self.path).await?;
@@ -90,7 +90,7 @@ impl FileSource {
             ..ReloadStatus::default()
         });
         let task = handle.spawn(poll_loop(self, engine, tx, stamp, hash(&text)));
-        Ok(FileWatcher { status: rx, task })
+        Ok(SourceWatcher { status: rx, task })
     }
 }
 
@@ -182,14 +182,23 @@ async fn poll_loop(
     }
 }
 
-/// A running [`FileSource::watch`]; stops watching when dropped.
+/// A running source watch ([`FileSource::watch`], or the Redis source's);
+/// stops watching when dropped.
 #[derive(Debug)]
-pub struct FileWatcher {
+pub struct SourceWatcher {
     status: watch::Receiver<ReloadStatus>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl FileWatcher {
+impl SourceWatcher {
+    #[cfg(feature = "redis")]
+    pub(crate) fn new(
+        status: watch::Receiver<ReloadStatus>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        Self { status, task }
+    }
+
     /// What the last reload did.
     pub fn status(&self) -> ReloadStatus {
         self.status.borrow().clone()
@@ -201,7 +210,7 @@ impl FileWatcher {
     }
 }
 
-impl Drop for FileWatcher {
+impl Drop for SourceWatcher {
     fn drop(&mut self) {
         self.task.abort();
     }

@@ -1,0 +1,177 @@
+//! The Redis sticky store against the real Redis: write-behind, preload,
+//! cross-instance stickiness, and an outage during evaluation.
+#![cfg(feature = "redis")]
+
+use finsight_flags::redis::RedisStickyStore;
+use finsight_flags::{EvaluationContext, FlagEngine, FlagSet, Unit, bucket};
+use finsight_testkit::{RedisOutage, redis_url, unique};
+use redis::AsyncCommands;
+use std::time::Duration;
+
+fn flags(key: &str, weights: [u32; 2]) -> FlagSet {
+    let json = serde_json::json!([
+        {"key": key, "flag_type": "multivariate", "status": "active", "sticky_bucketing": true,
+         "default_value": "none",
+         "variants": [{"id": "a", "value": "A", "weight": weights[0]}, {"id": "b", "value": "B", "weight": weights[1]}]},
+        {"key": format!("{key}-pct"), "flag_type": "percentage", "status": "active", "sticky_bucketing": true,
+         "rollout_percentage": 50}
+    ]);
+    FlagSet::from_json(&json.to_string())
+        .unwrap()
+        .strict()
+        .unwrap()
+}
+
+async fn wait_until(mut ok: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
+
+async fn conn() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn assignments_are_written_behind_and_preloaded_by_another_instance() {
+    let flag = unique("sticky");
+    let prefix = format!("{}:user_buckets:", unique("t"));
+    let store = RedisStickyStore::builder(redis_url())
+        .prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let engine = FlagEngine::builder()
+        .flags(flags(&flag, [50, 50]))
+        .sticky_store(store.clone())
+        .build();
+    let users: Vec<String> = (0..50).map(|i| format!("user-{i}")).collect();
+    let first: Vec<String> = users
+        .iter()
+        .map(|u| engine.string_value(&flag, &EvaluationContext::new().user_id(u.as_str()), ""))
+        .collect();
+    wait_until(|| store.stats().written >= 50).await;
+
+    // The key layout and TTL.
+    let mut c = conn().await;
+    let key = format!("{prefix}{flag}:user:user-0");
+    let v: String = c.get(&key).await.unwrap();
+    assert_eq!(
+        v,
+        format!("variant:{}", if first[0] == "A" { "a" } else { "b" })
+    );
+    let ttl: i64 = c.ttl(&key).await.unwrap();
+    assert!((86_000..=86_400).contains(&ttl), "ttl {ttl}");
+
+    // Another instance, after a weight change, preloads and keeps every user in place.
+    let store2 = RedisStickyStore::builder(redis_url())
+        .prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let engine2 = FlagEngine::builder()
+        .flags(flags(&flag, [5, 95]))
+        .sticky_store(store2.clone())
+        .build();
+    let mut moved_without_preload = 0;
+    for (u, before) in users.iter().zip(&first) {
+        let ctx = EvaluationContext::new().user_id(u.as_str());
+        let b = bucket(&flag, Unit::User(u));
+        if (5..50).contains(&b) {
+            moved_without_preload += 1; // would move to "B" on computed buckets
+        }
+        let found = engine2.preload(&ctx).await.unwrap();
+        assert!(found >= 1);
+        assert_eq!(&engine2.string_value(&flag, &ctx, ""), before, "{u} moved");
+    }
+    assert!(
+        moved_without_preload > 5,
+        "the weight change should matter for some users"
+    );
+    assert_eq!(store2.stats().preload_failures, 0);
+}
+
+#[tokio::test]
+async fn builds_and_evaluates_with_an_unreachable_redis() {
+    let store = RedisStickyStore::builder("redis://127.0.0.1:1")
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let flag = unique("down");
+    let engine = FlagEngine::builder()
+        .flags(flags(&flag, [50, 50]))
+        .sticky_store(store.clone())
+        .build();
+    let ctx = EvaluationContext::new().user_id("u1");
+    assert!(engine.preload(&ctx).await.is_err());
+    let v = engine.string_value(&flag, &ctx, "");
+    let expected = if bucket(&flag, Unit::User("u1")) < 50 {
+        "A"
+    } else {
+        "B"
+    };
+    assert_eq!(v, expected, "the computed bucket is served");
+    wait_until(|| store.stats().write_failures >= 1).await;
+    assert_eq!(store.stats().preload_failures, 1);
+    assert!(RedisStickyStore::builder("not a url").build().is_err());
+}
+
+#[tokio::test]
+async fn outage_redis_sticky_evaluation_goes_on() {
+    let flag = unique("outage-sticky");
+    let prefix = format!("{}:user_buckets:", unique("t"));
+    let store = RedisStickyStore::builder(redis_url())
+        .prefix(prefix)
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let engine = FlagEngine::builder()
+        .flags(flags(&flag, [50, 50]))
+        .sticky_store(store.clone())
+        .build();
+    let ctx = EvaluationContext::new().user_id("before");
+    engine.preload(&ctx).await.unwrap();
+    engine.string_value(&flag, &ctx, "");
+    wait_until(|| store.stats().written >= 1).await;
+
+    let outage = RedisOutage::stop().unwrap();
+    // Evaluation goes on for known and new users, with computed buckets.
+    for i in 0..200 {
+        let id = format!("during-{i}");
+        let ctx = EvaluationContext::new().user_id(id.as_str());
+        let _ = engine.preload(&ctx).await; // fails, counted
+        let expected = if bucket(&flag, Unit::User(&id)) < 50 {
+            "A"
+        } else {
+            "B"
+        };
+        assert_eq!(engine.string_value(&flag, &ctx, ""), expected);
+        engine.is_enabled(&format!("{flag}-pct"), &ctx);
+    }
+    assert!(store.stats().preload_failures >= 1, "{:?}", store.stats());
+    wait_until(|| store.stats().write_failures >= 1).await;
+    outage.restore().unwrap();
+
+    // After the outage, writes go through again.
+    let written = store.stats().written;
+    let mut ok = false;
+    for i in 0..100 {
+        engine.string_value(
+            &flag,
+            &EvaluationContext::new().user_id(format!("after-{i}")),
+            "",
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if store.stats().written > written {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "writes resume after Redis is back: {:?}", store.stats());
+}
