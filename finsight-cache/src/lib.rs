@@ -1,4 +1,140 @@
-//! Two-level cache: a bounded in-process L1 in front of a shared Redis L2.
+//! Two-level cache: a bounded in-process L1 in front of a shared Redis L2,
+//! with the Redis wire format of the Python services.
+//!
+//! ```
+//! use finsight_cache::{Cache, CacheConfig};
+//!
+//! #[derive(Clone, serde::Serialize, serde::Deserialize)]
+//! struct Quote {
+//!     symbol: String,
+//!     price: f64,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), finsight_cache::Error> {
+//! // The Python services' `trading_data` type: prefix `trade:`, 60 s, refresh-ahead.
+//! let quotes: Cache<Quote> = Cache::in_memory(CacheConfig::trading_data()).await?;
+//!
+//! // Read-through: concurrent misses of one key run the loader once.
+//! let q = quotes
+//!     .get_or_load("AAPL", || async {
+//!         // read the source of truth here
+//!         Ok::<_, std::io::Error>(Some(Quote { symbol: "AAPL".into(), price: 187.25 }))
+//!     })
+//!     .await?;
+//! assert_eq!(q.map(|q| q.price), Some(187.25));
+//!
+//! quotes.set("MSFT", &Quote { symbol: "MSFT".into(), price: 411.0 }).await?;
+//! assert!(quotes.get("MSFT").await?.is_some());
+//! println!("L1 hit rate: {:.2}", quotes.stats().l1.hit_rate());
+//! # Ok(()) }
+//! ```
+//!
+//! With Redis as L2 (feature `redis`), the same cache is shared with every
+//! other instance, Rust or Python:
+//!
+//! ```no_run
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
+//! # #[cfg(feature = "redis")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), finsight_cache::Error> {
+//! use finsight_cache::redis::RedisOptions;
+//! use finsight_cache::{Cache, CacheConfig};
+//!
+//! let sessions: Cache<serde_json::Value> = Cache::builder(CacheConfig::user_session())
+//!     .redis(RedisOptions::new("redis://127.0.0.1:6379")?)
+//!     .build()
+//!     .await?;
+//! sessions.set("u42", &serde_json::json!({"user_id": 42})).await?; // SET session:u42 … PX 1800000
+//! # Ok(()) }
+//! ```
+//!
+//! # Overview
+//!
+//! One [`Cache<V>`] per value type and [`CacheConfig`] (prefix, TTL, layers,
+//! compression, refresh policy; serde data, with the Python services'
+//! presets: [`CacheConfig::user_session`], [`CacheConfig::feature_flags`],
+//! [`CacheConfig::api_response`], [`CacheConfig::trading_data`]).
+//!
+//! | operation | what it does | cost |
+//! |---|---|---|
+//! | [`Cache::get`] | fresh L1 entry, else Redis (value + PTTL in one `EVALSHA`), copied into L1 for ≤ the PTTL left | L1 hit: a moka lookup + a clone; L2: one round trip + JSON decode |
+//! | [`Cache::set`] | write-through: `SET prefix+key json PX ttl`, then L1 | one round trip |
+//! | [`Cache::delete`] | L1 + `UNLINK`; other instances evict through the invalidation channel | one round trip |
+//! | [`Cache::invalidate_pattern`] | L1 predicate pass + `SCAN MATCH` + `UNLINK` (never `KEYS`) | keys/500 round trips |
+//! | [`Cache::get_or_load`] | read-through with single-flight, negative caching, refresh-ahead, XFetch early refresh, stale-while-revalidate, stale-if-error, optional Redis lease | as `get`, plus the loader on a miss |
+//!
+//! # Consistency
+//!
+//! * **No stale fills.** Every fill of L1 (a load, a background refresh, a
+//!   copy of an L2 hit) takes a generation token before reading its source
+//!   and is dropped when its key was invalidated meanwhile (checked before
+//!   and after the insert). A loaded value is written to Redis with `SET NX`,
+//!   so a newer write by someone else wins; a refresh writes only if its key
+//!   was not invalidated while it ran.
+//! * **Cross-instance invalidation** ([`redis::Invalidation`]): by default
+//!   Redis client tracking in broadcast mode on the type's prefix, redirected
+//!   (RESP2) to a pub/sub connection on `__redis__:invalidate`, so writes by
+//!   *any* client — the Python services included — evict L1 (measured:
+//!   ~0.2 ms from the write to the eviction on localhost). Falls back to
+//!   explicit pub/sub when the server refuses tracking. Writes through this
+//!   instance come back to it as invalidations too (tracking cannot tell
+//!   writers apart), so the next read of a key this instance just wrote
+//!   costs one Redis round trip.
+//! * **Lost invalidations.** Both invalidation connections are pinged every
+//!   heartbeat. While the channel is down, L1 keeps serving (bounded by
+//!   `l1_ttl` / `ttl`) so a Redis outage does not take the service down;
+//!   once resubscribed, L1 is flushed, because messages may have been lost.
+//!
+//! # Faults
+//!
+//! Every Redis call is bounded by [`CacheConfig::l2_timeout`]. Reads never
+//! fail because of Redis: errors are counted ([`LayerStats::errors`] of
+//! `l2`), logged with `tracing`, and the read falls back to L1 (a stale
+//! entry within `stale_if_error`), or the loader. Writes report the failure
+//! ([`Error::Backend`] / [`Error::Timeout`]). Reconnection is automatic.
+//!
+//! # Memory bounds
+//!
+//! * L1: [`Capacity::Entries`] or [`Capacity::Bytes`] (key + JSON length), evicted by moka's TinyLFU.
+//! * Loads in flight: one entry per key being loaded (at most the number of concurrent callers).
+//! * Generation counters: 1 024 stripes (8 KiB) per cache, whatever the number of keys.
+//! * Gzip bodies from Redis are decompressed up to 64 MiB ([`redis::MAX_DECOMPRESSED_BYTES`]).
+//!
+//! # Time and randomness
+//!
+//! Freshness, refresh and stale windows use `tokio::time::Instant`, so tests
+//! run on tokio's paused clock (`#[tokio::test(start_paused = true)]` and
+//! `tokio::time::advance`). moka drops entries after the same spans of real
+//! time (that only frees memory). Jitter and early refresh draw from a
+//! seeded generator: [`CacheBuilder::seed`].
+//!
+//! # Why moka for L1
+//!
+//! moka gives per-entry expiry (its `Expiry` trait: the entry's own span,
+//! including stale windows), an eviction listener (the eviction counter),
+//! predicate invalidation (the pattern pass) and a weigher (byte bounds).
+//! quick_cache is faster on raw reads but has no expiry; we would have to
+//! hand-write expiry and the pattern pass on top. `BENCHMARKS.md`
+//! (`cache/l1_hit`) shows both peers next to this crate's `get`.
+//!
+//! # Feature flags
+//!
+//! | feature | what it adds | default |
+//! |---|---|---|
+//! | `redis` | Redis L2 (redis-rs 1.8, `ConnectionManager`, tokio), gzip (flate2), cross-instance invalidation, lease | no |
+//! | `full` | everything (docs.rs, CI) | no |
+//!
+//! Without features the crate is a typed in-memory cache with the same API.
+//!
+//! # Python compatibility
+//!
+//! In Redis a value is exactly `json.dumps(v)` in UTF-8, or its gzip when the
+//! type is compressed, under `prefix + key`, with the TTL set with the value.
+//! No envelope and no metadata: the freshness data lives in L1 and in Redis'
+//! own TTL. A Python `redis` client reads what Rust wrote and the reverse
+//! (`tests/python_compat.rs`). Negative entries are never written to Redis.
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(
@@ -6,6 +142,7 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![doc(test(attr(deny(warnings))))]
 
 mod cache;
 mod config;
