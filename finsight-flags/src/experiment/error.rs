@@ -89,6 +89,17 @@ pub enum ExperimentError {
         /// What differs and what to fix.
         message: String,
     },
+    /// [`Experiment::analyze`](super::Experiment::analyze) got data built
+    /// for another experiment.
+    #[error(
+        "experiment `{experiment}` cannot analyse data collected for `{data}`; build the data with this experiment"
+    )]
+    DataMismatch {
+        /// The experiment analysing.
+        experiment: String,
+        /// The experiment the data were built for.
+        data: String,
+    },
     /// An observation names a variant or metric the experiment does not have.
     #[error("experiment `{experiment}`: unknown {kind} `{name}`")]
     Unknown {

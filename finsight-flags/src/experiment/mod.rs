@@ -48,7 +48,10 @@
 //! # Ok::<(), finsight_flags::experiment::ExperimentError>(())
 //! ```
 
+mod analysis;
+mod assignment;
 mod chi_square;
+mod data;
 mod definition;
 mod dist;
 mod error;
@@ -58,7 +61,10 @@ mod sample_size;
 mod srm;
 mod welch;
 
+pub use analysis::{Comparison, ComparisonTest, ExperimentAnalysis, MetricAnalysis, Verdict};
+pub use assignment::{Enrollment, ExperimentAssigner, ExposureRecord, NotEnrolled, UnitKind};
 pub use chi_square::{ChiSquareTest, chi_square_test};
+pub use data::{ExperimentData, MetricEvent};
 pub use definition::{
     Experiment, ExperimentDefinition, ExperimentPlan, ExperimentVariant, Goal, Metric, MetricType,
     PlannedVariant,
