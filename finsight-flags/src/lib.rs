@@ -94,9 +94,7 @@ pub mod redis;
 mod source;
 mod sticky;
 
-/// A/B experiments: definitions, assignment through the flag engine, sample size,
-/// significance tests and the sample-ratio-mismatch check (issue 4, owned by the
-/// experiments helper; keep this line).
+// A/B experiments (issue 4; documented in experiment/mod.rs).
 #[cfg(feature = "experiments")]
 #[cfg_attr(docsrs, doc(cfg(feature = "experiments")))]
 pub mod experiment;
