@@ -62,6 +62,7 @@
 //! |---|---|---|
 //! | `redis` | `redis::RedisStickyStore` and `redis::RedisFlagSource` | no |
 //! | `openfeature` | `openfeature::FinSightProvider`, an `open-feature` 0.3 provider | no |
+//! | `experiments` | `experiment`: A/B experiment definitions, assignment through the engine, sample size, z / chi-square / Welch tests, SRM check (`statrs`) | no |
 //! | `full` | all of the above | no |
 //!
 //! Without features the crate is a complete in-memory engine with the file
