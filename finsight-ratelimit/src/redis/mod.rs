@@ -1,0 +1,252 @@
+//! The Redis backend: many instances share one limit exactly.
+//!
+//! Every check is one `EVALSHA` of one Lua script (reloaded automatically on
+//! `NOSCRIPT`) that decides **all** applicable rules atomically with the
+//! Redis server's `TIME` as the clock and writes only when all admit. Keys
+//! look like `{<tag>}:<rule id>:<16 hex chars>`; the `{tag}` puts all keys of
+//! a limiter in one Redis Cluster hash slot, which the atomic multi-rule
+//! script requires. Every write sets a `PX` expiry equal to the time until the
+//! key is back to full capacity, so idle keys disappear by themselves.
+//!
+//! Faults: every call has a timeout (default 50 ms). When Redis fails or
+//! times out, the [`FailureMode`] decides, and Redis is not asked again for
+//! `retry_interval` (default 1 s), so an outage never adds latency to every
+//! request. Memory on Redis per idle key: none (expired); per active key one
+//! string of about 30 bytes (plus Redis's per-key overhead, ~50-100 bytes), or
+//! for the sliding-window log a list of at most `limit + burst` entries.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::algorithm::Verdict;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::limiter::{Item, Op};
+
+pub use ::redis as client;
+
+/// The Lua source of the decision script (mirrors [`crate::algorithm`]).
+pub const SCRIPT: &str = include_str!("script.lua");
+
+/// What a check answers when Redis is down, slow or failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailureMode {
+    /// Fail open through a local fallback limiter: the same rules, enforced
+    /// per instance in memory, until Redis answers again (the default).
+    #[default]
+    Local,
+    /// Fail open: admit everything (marked [`fallback`](crate::Decision::fallback)).
+    Open,
+    /// Fail closed: reject everything, with `Retry-After` = the retry interval.
+    Closed,
+}
+
+/// Settings of a [`RedisBackend`].
+#[derive(Clone)]
+#[must_use]
+pub struct RedisConfig {
+    url: String,
+    tag: String,
+    timeout: Duration,
+    retry_interval: Duration,
+    failure: FailureMode,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("tag", &self.tag)
+            .field("timeout", &self.timeout)
+            .field("retry_interval", &self.retry_interval)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConfig {
+    /// Settings for the Redis at `url` (`redis://host:port/db`).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tag: "finsight-rl".into(),
+            timeout: Duration::from_millis(50),
+            retry_interval: Duration::from_secs(1),
+            failure: FailureMode::Local,
+            clock: None,
+        }
+    }
+
+    /// The hash tag and key prefix (default `finsight-rl`): keys are
+    /// `{tag}:<rule>:<key>`. Limiters that must share limits use the same tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = tag.into();
+        self
+    }
+
+    /// Longest wait for one check's round trip (default 50 ms).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// After a failure, how long checks skip Redis and use the failure mode (default 1 s).
+    pub fn retry_interval(mut self, interval: Duration) -> Self {
+        self.retry_interval = interval;
+        self
+    }
+
+    /// What checks answer while Redis fails (default [`FailureMode::Local`]).
+    pub fn failure_mode(mut self, mode: FailureMode) -> Self {
+        self.failure = mode;
+        self
+    }
+
+    /// Uses `clock` instead of the Redis server's `TIME`. For deterministic
+    /// tests only: in production every instance must use the server's clock
+    /// (the default), or skewed instances over-admit.
+    pub fn clock_for_tests(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+}
+
+/// A connection to Redis for [`LimiterBuilder::redis`](crate::LimiterBuilder::redis).
+///
+/// Holds a multiplexed, auto-reconnecting `ConnectionManager` (one TCP
+/// connection, shared by clones and concurrent checks).
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    script: redis::Script,
+    cfg: RedisConfig,
+    mono: SystemClock,
+    down_until: AtomicU64,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Backend {
+        source: Box::new(e),
+    }
+}
+
+impl RedisBackend {
+    /// Connects (bounded by the configured timeout, at least 1 s) and loads the script.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the URL is invalid or Redis cannot be reached;
+    /// [`Error::Timeout`] when connecting takes too long.
+    pub async fn connect(cfg: RedisConfig) -> Result<Self> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(backend_err)?;
+        let limit = cfg.timeout.max(Duration::from_secs(1));
+        let mc = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(limit))
+            .set_response_timeout(Some(cfg.timeout.max(Duration::from_millis(10))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let mut conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, mc))
+            .await
+            .map_err(|_| Error::Timeout(limit))?
+            .map_err(backend_err)?;
+        let script = redis::Script::new(SCRIPT);
+        script.load_async(&mut conn).await.map_err(backend_err)?;
+        Ok(Self {
+            conn,
+            script,
+            cfg,
+            mono: SystemClock::new(),
+            down_until: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn failure_mode(&self) -> FailureMode {
+        self.cfg.failure
+    }
+
+    pub(crate) fn retry_interval_us(&self) -> u64 {
+        u64::try_from(self.cfg.retry_interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// The Redis key of `item`.
+    pub(crate) fn key(&self, item: &Item<'_>) -> String {
+        format!("{{{}}}:{}:{}", self.cfg.tag, item.rule.id, item.key)
+    }
+
+    /// One round trip deciding all `items`.
+    pub(crate) async fn decide(&self, items: &[Item<'_>], op: Op) -> Result<Vec<Verdict>> {
+        let now_mono = self.mono.now_micros();
+        if now_mono < self.down_until.load(Ordering::Relaxed) {
+            return Err(Error::Backend {
+                source: "redis marked down after a recent failure".into(),
+            });
+        }
+        let mut inv = self.script.prepare_invoke();
+        inv.arg(op.code());
+        match &self.cfg.clock {
+            Some(c) => inv.arg(c.now_micros()),
+            None => inv.arg(""),
+        };
+        for it in items {
+            inv.key(self.key(it));
+            inv.arg(it.policy.algorithm.code())
+                .arg(it.policy.capacity)
+                .arg(it.policy.window_us)
+                .arg(it.policy.interval_us)
+                .arg(it.cost)
+                .arg(u8::from(it.rule.rule.shadow));
+        }
+        let mut conn = self.conn.clone();
+        let res: Result<Vec<i64>> =
+            match tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(backend_err(e)),
+                Err(_) => Err(Error::Timeout(self.cfg.timeout)),
+            };
+        let raw = match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.down_until
+                    .store(now_mono + self.retry_interval_us(), Ordering::Relaxed);
+                tracing::warn!(error = %e, mode = ?self.cfg.failure, "rate-limit Redis check failed");
+                return Err(e);
+            }
+        };
+        if op == Op::Refund {
+            return Ok(Vec::new());
+        }
+        if raw.len() != 1 + 4 * items.len() {
+            return Err(Error::Backend {
+                source: format!(
+                    "unexpected script reply of {} values for {} rules",
+                    raw.len(),
+                    items.len()
+                )
+                .into(),
+            });
+        }
+        let u = |x: i64| u64::try_from(x).unwrap_or(0);
+        Ok(raw[1..]
+            .chunks_exact(4)
+            .map(|c| Verdict {
+                allowed: c[0] == 1,
+                remaining: u(c[1]),
+                reset_us: u(c[2]),
+                retry_us: (c[3] >= 0).then(|| u(c[3]).max(1)),
+            })
+            .collect())
+    }
+}
