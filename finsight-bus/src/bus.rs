@@ -218,7 +218,11 @@ impl Context {
     ///
     /// # Errors
     /// [`crate::Error::Payload`] when `payload` cannot be serialised.
-    pub fn follow_up<T: Serialize + ?Sized>(&self, event_type: &str, payload: &T) -> Result<Envelope> {
+    pub fn follow_up<T: Serialize + ?Sized>(
+        &self,
+        event_type: &str,
+        payload: &T,
+    ) -> Result<Envelope> {
         self.inner.envelope.follow_up(event_type, payload)
     }
 

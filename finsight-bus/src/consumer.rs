@@ -407,10 +407,8 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
         debug!(queue = %shared.queue, error = %e, "cancel failed");
     }
     let deadline = stop.borrow().unwrap_or(Duration::ZERO);
-    let drained = tokio::time::timeout(deadline, async {
-        while inflight.next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(deadline, async { while inflight.next().await.is_some() {} }).await;
     if drained.is_err() {
         warn!(queue = %shared.queue, left = inflight.len(), "drain deadline passed; unsettled messages will be redelivered");
     }
@@ -541,9 +539,16 @@ async fn process(shared: Arc<Shared>, delivery: Delivery) {
         correlation_id = %envelope.correlation_id(),
         delivery_count,
     );
-    handle(shared.clone(), envelope, message, redelivered, delivery_count, acker)
-        .instrument(span)
-        .await
+    handle(
+        shared.clone(),
+        envelope,
+        message,
+        redelivered,
+        delivery_count,
+        acker,
+    )
+    .instrument(span)
+    .await
 }
 
 async fn handle(

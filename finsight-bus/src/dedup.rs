@@ -108,7 +108,9 @@ mod redis_dedup {
         fn mark<'a>(&'a self, message_id: &'a str) -> BoxFuture<'a, Result<()>> {
             Box::pin(async move {
                 let mut c = self.conn.clone();
-                let ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                let ms = u64::try_from(self.ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
                 redis::cmd("SET")
                     .arg(format!("{}{message_id}", self.prefix))
                     .arg(1)

@@ -124,7 +124,10 @@ impl Envelope {
             event_type: event_type.clone(),
             source,
         })?;
-        Ok(Self::from_json_bytes_unchecked(event_type, Bytes::from(bytes)))
+        Ok(Self::from_json_bytes_unchecked(
+            event_type,
+            Bytes::from(bytes),
+        ))
     }
 
     /// An envelope whose payload is already-encoded JSON.
@@ -273,10 +276,7 @@ impl Envelope {
         Message {
             body: self.payload.clone(),
             headers,
-            routing_key: self
-                .routing_key
-                .clone()
-                .unwrap_or_else(default_routing_key),
+            routing_key: self.routing_key.clone().unwrap_or_else(default_routing_key),
             message_id: Some(self.message_id.clone()),
             persistent: true,
         }
@@ -304,7 +304,11 @@ impl Envelope {
             .and_then(|t| parse_timestamp(&t))
             .unwrap_or_else(Utc::now);
         let header_id = headers.remove(HEADER_MESSAGE_ID);
-        let message_id = message.message_id.clone().or(header_id).unwrap_or_else(new_id);
+        let message_id = message
+            .message_id
+            .clone()
+            .or(header_id)
+            .unwrap_or_else(new_id);
         let correlation_id = headers.remove(HEADER_CORRELATION_ID).unwrap_or_else(new_id);
         let causation_id = headers.remove(HEADER_CAUSATION_ID);
         Ok(Self {
@@ -368,7 +372,8 @@ impl Envelope {
                 "CloudEvent `specversion` must be \"1.0\"".into(),
             ));
         }
-        let id = get("id").ok_or_else(|| Error::InvalidMessage("CloudEvent without `id`".into()))?;
+        let id =
+            get("id").ok_or_else(|| Error::InvalidMessage("CloudEvent without `id`".into()))?;
         let ty =
             get("type").ok_or_else(|| Error::InvalidMessage("CloudEvent without `type`".into()))?;
         let data = obj.get("data").cloned().unwrap_or(serde_json::Value::Null);
@@ -407,7 +412,10 @@ impl Envelope {
 }
 
 fn is_extension_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !s.is_empty()
+        && s.len() <= 20
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 fn validate_json(bytes: &[u8]) -> Result<()> {
@@ -435,8 +443,14 @@ mod tests {
         let back = Envelope::from_message(&msg).unwrap();
         assert_eq!(back.message_id(), env.message_id());
         assert_eq!(back.causation_id(), Some("c-1"));
-        assert_eq!(back.headers().get("tenant").map(String::as_str), Some("acme"));
-        assert_eq!(back.timestamp().timestamp_millis(), env.timestamp().timestamp_millis());
+        assert_eq!(
+            back.headers().get("tenant").map(String::as_str),
+            Some("acme")
+        );
+        assert_eq!(
+            back.timestamp().timestamp_millis(),
+            env.timestamp().timestamp_millis()
+        );
     }
 
     #[test]
@@ -450,10 +464,14 @@ mod tests {
     fn invalid_json_and_missing_type_are_rejected() {
         let mut msg = Envelope::new("x", &1).unwrap().to_message(|| "x.s".into());
         msg.body = Bytes::from_static(b"{not json");
-        assert!(matches!(Envelope::from_message(&msg), Err(Error::InvalidMessage(m)) if m.contains("JSON")));
+        assert!(
+            matches!(Envelope::from_message(&msg), Err(Error::InvalidMessage(m)) if m.contains("JSON"))
+        );
         let mut msg = Envelope::new("x", &1).unwrap().to_message(|| "x.s".into());
         msg.headers.remove("event_type");
-        assert!(matches!(Envelope::from_message(&msg), Err(Error::InvalidMessage(m)) if m.contains("event_type")));
+        assert!(
+            matches!(Envelope::from_message(&msg), Err(Error::InvalidMessage(m)) if m.contains("event_type"))
+        );
     }
 
     #[test]

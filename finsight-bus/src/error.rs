@@ -87,7 +87,11 @@ pub enum Error {
 
 impl Error {
     #[cfg_attr(
-        not(any(feature = "rabbitmq", feature = "redis-streams", feature = "redis-dedup")),
+        not(any(
+            feature = "rabbitmq",
+            feature = "redis-streams",
+            feature = "redis-dedup"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn backend(operation: impl Into<String>, source: impl Into<BoxError>) -> Self {

@@ -320,10 +320,13 @@ impl Inner {
         let mut expired: Vec<(Arc<Queue>, Vec<Stored>)> = Vec::new();
         let outcome = {
             let st = self.state.read();
-            let ex = st.exchanges.get(exchange).ok_or_else(|| Error::NotDeclared {
-                kind: "exchange",
-                name: exchange.to_owned(),
-            })?;
+            let ex = st
+                .exchanges
+                .get(exchange)
+                .ok_or_else(|| Error::NotDeclared {
+                    kind: "exchange",
+                    name: exchange.to_owned(),
+                })?;
             let mut targets: Vec<&Arc<Queue>> = Vec::with_capacity(2);
             for (b, q) in &ex.bindings {
                 if ex.kind.matches(b, &message.routing_key)
@@ -336,7 +339,10 @@ impl Inner {
                 if options.mandatory {
                     PublishOutcome::Unroutable {
                         code: 312,
-                        text: format!("NO_ROUTE: exchange `{exchange}` has no queue bound for `{}`", message.routing_key),
+                        text: format!(
+                            "NO_ROUTE: exchange `{exchange}` has no queue bound for `{}`",
+                            message.routing_key
+                        ),
                     }
                 } else {
                     PublishOutcome::Confirmed
@@ -636,7 +642,9 @@ impl Acker for MemAcker {
         Box::pin(std::future::ready(Ok(())))
     }
     fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
-        Box::pin(std::future::ready((*self).settle(|b, q, _| b.dead_letter(q, message))))
+        Box::pin(std::future::ready(
+            (*self).settle(|b, q, _| b.dead_letter(q, message)),
+        ))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Handlers and the router from event type to handlers.
 
 use crate::bus::Context;
-use crate::topology::{QueueSpec, binding_routes_event_type};
 use crate::error::{Error, Result};
+use crate::topology::{QueueSpec, binding_routes_event_type};
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -184,10 +184,13 @@ impl Router {
     /// Adds `handler` for `event_type` under `name`.
     #[must_use]
     pub fn on_named(mut self, event_type: &str, name: &str, handler: impl Handler) -> Self {
-        self.routes.entry(event_type.to_owned()).or_default().push(Route {
-            name: name.into(),
-            handler: Arc::new(handler),
-        });
+        self.routes
+            .entry(event_type.to_owned())
+            .or_default()
+            .push(Route {
+                name: name.into(),
+                handler: Arc::new(handler),
+            });
         self
     }
 

@@ -358,6 +358,9 @@ mod tests {
         assert_eq!(q.dead_letter_exchange.as_deref(), Some("finsight.dlx"));
         let p = Topology::prefixed("t1").consumer_queue("q");
         assert_eq!(p.exchange.name, "t1.finsight.events");
-        assert_eq!(p.queue("q").unwrap().dead_letter_exchange.as_deref(), Some("t1.finsight.dlx"));
+        assert_eq!(
+            p.queue("q").unwrap().dead_letter_exchange.as_deref(),
+            Some("t1.finsight.dlx")
+        );
     }
 }

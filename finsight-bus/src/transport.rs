@@ -100,7 +100,9 @@ impl Future for PendingConfirm {
     type Output = PublishOutcome;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PublishOutcome> {
         match &mut self.get_mut().inner {
-            PendingInner::Ready(o) => Poll::Ready(o.take().unwrap_or(PublishOutcome::ConnectionLost)),
+            PendingInner::Ready(o) => {
+                Poll::Ready(o.take().unwrap_or(PublishOutcome::ConnectionLost))
+            }
             PendingInner::Waiting(f) => f.as_mut().poll(cx),
         }
     }

@@ -1,0 +1,730 @@
+//! RabbitMQ backend on lapin 4 (feature `rabbitmq`).
+//!
+//! * Publishing: persistent messages, publisher confirms on a dedicated
+//!   channel, `mandatory` by default; confirms are pipelined through a
+//!   bounded in-flight window ([`RabbitConfig::confirm_window`]), each with
+//!   a timeout ([`RabbitConfig::confirm_timeout`]). The outcome is typed:
+//!   confirmed, unroutable (returned), nacked, timed out, connection lost.
+//! * Consuming: one channel per subscription with `basic.qos` = prefetch,
+//!   manual acks; dead-lettering publishes the message with its
+//!   `x-dead-letter-*` headers to the queue's dead-letter exchange (with a
+//!   confirm) and then acks; if that publish fails it falls back to
+//!   `basic.reject(requeue=false)`, so the broker's DLX still applies.
+//! * Reconnection: the connection is re-established on demand (next publish
+//!   or subscribe) with the topology re-declared before use; the consumer
+//!   engine re-subscribes with backoff. Unacked deliveries of the lost
+//!   connection are redelivered by the broker; in-flight confirms resolve
+//!   as [`PublishOutcome::ConnectionLost`] — republish them.
+//! * Declaring against an existing object with other arguments (AMQP 406
+//!   PRECONDITION_FAILED) is [`Error::TopologyMismatch`] naming the argument.
+
+use crate::envelope::{
+    HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_MESSAGE_ID, Headers, Message,
+};
+use crate::error::{Error, Result};
+use crate::topology::{ArgValue, ExchangeKind as Kind, QueueSpec, Topology};
+use crate::transport::{
+    Acker, ConnectionState, Delivery, DeliveryStream, Health, PendingConfirm, PublishOptions,
+    PublishOutcome, QueueDepth, SubscribeOptions, Transport,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
+
+/// RabbitMQ backend settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RabbitConfig {
+    /// `amqp://user:pass@host:port/vhost`.
+    pub url: String,
+    /// Publishes awaiting their confirm at most (default 256). Bounds memory
+    /// and is the pipelining depth; RabbitMQ's guidance is 100–1 000.
+    pub confirm_window: usize,
+    /// How long to wait for one confirm (default 30 s) before
+    /// [`PublishOutcome::TimedOut`].
+    pub confirm_timeout: Duration,
+    /// Bound of one connection attempt (default 10 s).
+    pub connect_timeout: Duration,
+    /// Connection name shown in the management UI.
+    pub connection_name: String,
+}
+
+impl RabbitConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            confirm_window: 256,
+            confirm_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            connection_name: format!("finsight-bus-{}", std::process::id()),
+        }
+    }
+}
+
+/// The RabbitMQ transport. Cheap to clone (one `Arc`); clones share the
+/// connection.
+#[derive(Clone)]
+pub struct RabbitMq {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RabbitMq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMq")
+            .field("endpoint", &crate::redact(&self.inner.config.url))
+            .field("reconnects", &self.inner.reconnects.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+struct Live {
+    conn: Arc<Connection>,
+    publish: Channel,
+}
+
+impl Live {
+    fn usable(&self) -> bool {
+        self.conn.status().connected() && self.publish.status().connected()
+    }
+}
+
+struct Inner {
+    config: RabbitConfig,
+    live: parking_lot::RwLock<Option<Live>>,
+    connecting: tokio::sync::Mutex<()>,
+    topology: parking_lot::Mutex<Option<Topology>>,
+    window: Arc<Semaphore>,
+    unconfirmed: AtomicU64,
+    reconnects: AtomicU64,
+    connected_once: AtomicBool,
+}
+
+fn lost(e: &lapin::Error) -> Error {
+    debug!(error = %e, "amqp operation failed");
+    Error::ConnectionLost
+}
+
+impl RabbitMq {
+    /// Connects to `config.url`.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the broker cannot be reached.
+    pub async fn connect(config: RabbitConfig) -> Result<Self> {
+        if config.confirm_window == 0 {
+            return Err(Error::Config("confirm_window must be at least 1".into()));
+        }
+        let inner = Arc::new(Inner {
+            window: Arc::new(Semaphore::new(config.confirm_window)),
+            config,
+            live: parking_lot::RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            topology: parking_lot::Mutex::new(None),
+            unconfirmed: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            connected_once: AtomicBool::new(false),
+        });
+        let me = Self { inner };
+        me.ensure().await?;
+        Ok(me)
+    }
+
+    /// Successful reconnects since start.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    fn current(&self) -> Option<Live> {
+        self.inner
+            .live
+            .read()
+            .as_ref()
+            .filter(|l| l.usable())
+            .cloned()
+    }
+
+    /// The live connection, reconnecting (and re-declaring the topology) if
+    /// it was lost.
+    async fn ensure(&self) -> Result<Live> {
+        if let Some(l) = self.current() {
+            return Ok(l);
+        }
+        let _guard = self.inner.connecting.lock().await;
+        if let Some(l) = self.current() {
+            return Ok(l);
+        }
+        let cfg = &self.inner.config;
+        let props = ConnectionProperties::default()
+            .with_connection_name(cfg.connection_name.clone().into());
+        let connect_err = |source: crate::BoxError| Error::Connect {
+            endpoint: crate::redact(&cfg.url),
+            source,
+        };
+        let conn = tokio::time::timeout(cfg.connect_timeout, Connection::connect(&cfg.url, props))
+            .await
+            .map_err(|_| connect_err("connection attempt timed out".into()))?
+            .map_err(|e| connect_err(Box::new(e)))?;
+        let conn = Arc::new(conn);
+        let topology = self.inner.topology.lock().clone();
+        if let Some(t) = &topology {
+            declare_on(&conn, t).await?;
+        }
+        let publish = conn
+            .create_channel()
+            .await
+            .map_err(|e| connect_err(Box::new(e)))?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| connect_err(Box::new(e)))?;
+        let live = Live { conn, publish };
+        *self.inner.live.write() = Some(live.clone());
+        if self.inner.connected_once.swap(true, Ordering::SeqCst) {
+            self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            info!(endpoint = %crate::redact(&cfg.url), "reconnected to RabbitMQ; topology re-declared");
+        }
+        Ok(live)
+    }
+
+    async fn publish_raw(
+        &self,
+        exchange: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<PendingConfirm> {
+        let permit = self.inner.window.clone().acquire_owned().await?;
+        let live = self.ensure().await?;
+        let props = properties(&message);
+        let confirm = live
+            .publish
+            .basic_publish(
+                exchange.into(),
+                message.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: options.mandatory,
+                    immediate: false,
+                },
+                &message.body,
+                props,
+            )
+            .await
+            .map_err(|e| lost(&e))?;
+        let guard = InFlight::new(&self.inner, permit);
+        let timeout = self.inner.config.confirm_timeout;
+        // The confirm is awaited in its own task, so the window slot frees
+        // as soon as the broker answers even if the caller polls its
+        // pending confirms late (send many, then await them all).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(timeout, confirm).await;
+            drop(guard);
+            let outcome = match r {
+                Err(_) => PublishOutcome::TimedOut,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "confirm lost with the connection");
+                    PublishOutcome::ConnectionLost
+                }
+                Ok(Ok(Confirmation::Ack(Some(ret)))) => PublishOutcome::Unroutable {
+                    code: ret.reply_code,
+                    text: ret.reply_text.to_string(),
+                },
+                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
+                    PublishOutcome::Confirmed
+                }
+                Ok(Ok(Confirmation::Nack(_))) => PublishOutcome::Nacked,
+            };
+            let _ = tx.send(outcome);
+        });
+        Ok(PendingConfirm::waiting(async move {
+            rx.await.unwrap_or(PublishOutcome::ConnectionLost)
+        }))
+    }
+}
+
+/// Counts a publish as unconfirmed and holds its window slot until dropped.
+struct InFlight {
+    inner: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn new(inner: &Arc<Inner>, permit: OwnedSemaphorePermit) -> Self {
+        inner.unconfirmed.fetch_add(1, Ordering::Relaxed);
+        Self {
+            inner: inner.clone(),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inner.unconfirmed.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn properties(m: &Message) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (k, v) in &m.headers {
+        table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+    }
+    let mut p = BasicProperties::default()
+        .with_delivery_mode(if m.persistent { 2 } else { 1 })
+        .with_content_type("application/json".into())
+        .with_headers(table);
+    if let Some(id) = &m.message_id {
+        p = p.with_message_id(id.as_str().into());
+    }
+    if let Some(c) = m.headers.get(HEADER_CORRELATION_ID) {
+        p = p.with_correlation_id(c.as_str().into());
+    }
+    if let Some(t) = m.headers.get(HEADER_EVENT_TYPE) {
+        p = p.with_type(t.as_str().into());
+    }
+    p
+}
+
+fn header_string(v: &AMQPValue) -> Option<String> {
+    Some(match v {
+        AMQPValue::LongString(s) => s.to_string(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(i) => i.to_string(),
+        AMQPValue::ShortShortUInt(i) => i.to_string(),
+        AMQPValue::ShortInt(i) => i.to_string(),
+        AMQPValue::ShortUInt(i) => i.to_string(),
+        AMQPValue::LongInt(i) => i.to_string(),
+        AMQPValue::LongUInt(i) => i.to_string(),
+        AMQPValue::LongLongInt(i) => i.to_string(),
+        AMQPValue::Timestamp(t) => t.to_string(),
+        _ => return None,
+    })
+}
+
+fn message_from(d: &lapin::message::Delivery) -> Message {
+    let mut headers = Headers::new();
+    if let Some(t) = d.properties.headers() {
+        for (k, v) in t.inner() {
+            if let Some(s) = header_string(v) {
+                headers.insert(k.to_string(), s);
+            }
+        }
+    }
+    let p = &d.properties;
+    if let Some(c) = p.correlation_id() {
+        headers
+            .entry(HEADER_CORRELATION_ID.into())
+            .or_insert_with(|| c.to_string());
+    }
+    if let Some(t) = p.kind() {
+        headers
+            .entry(HEADER_EVENT_TYPE.into())
+            .or_insert_with(|| t.to_string());
+    }
+    let message_id = p
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .or_else(|| headers.get(HEADER_MESSAGE_ID).cloned());
+    Message {
+        body: Bytes::copy_from_slice(&d.data),
+        headers,
+        routing_key: d.routing_key.to_string(),
+        message_id,
+        persistent: p.delivery_mode().is_some_and(|m| m == 2),
+    }
+}
+
+fn kind(k: Kind) -> ExchangeKind {
+    match k {
+        Kind::Topic => ExchangeKind::Topic,
+        Kind::Direct => ExchangeKind::Direct,
+        Kind::Fanout => ExchangeKind::Fanout,
+    }
+}
+
+/// The queue's `x-` arguments, typed as Python's pika sends them (integers
+/// that fit 32 bits as signed 32-bit), so both sides declare equal queues.
+fn queue_arguments(q: &QueueSpec) -> FieldTable {
+    let mut t = FieldTable::default();
+    let int = |v: i64| match i32::try_from(v) {
+        Ok(i) => AMQPValue::LongInt(i),
+        Err(_) => AMQPValue::LongLongInt(v),
+    };
+    if let Some(x) = &q.dead_letter_exchange {
+        t.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(x.as_str().into()),
+        );
+    }
+    if let Some(x) = &q.dead_letter_routing_key {
+        t.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(x.as_str().into()),
+        );
+    }
+    if let Some(ttl) = q.message_ttl {
+        t.insert(
+            "x-message-ttl".into(),
+            int(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+        );
+    }
+    if let Some(m) = q.max_length {
+        t.insert(
+            "x-max-length".into(),
+            int(i64::try_from(m).unwrap_or(i64::MAX)),
+        );
+        t.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+    }
+    for (k, v) in &q.arguments {
+        let v = match v {
+            ArgValue::Int(i) => int(*i),
+            ArgValue::Str(s) => AMQPValue::LongString(s.as_str().into()),
+        };
+        t.insert(k.as_str().into(), v);
+    }
+    t
+}
+
+/// Turns a declare failure into a readable error: 406 → [`Error::TopologyMismatch`].
+fn declare_error(object: String, e: lapin::Error) -> Error {
+    let text = e.to_string();
+    if text.contains("PRECONDITION_FAILED") {
+        let argument = text
+            .split_once("inequivalent arg '")
+            .and_then(|(_, rest)| rest.split_once('\''))
+            .map_or_else(|| "unknown".to_owned(), |(a, _)| a.to_owned());
+        return Error::TopologyMismatch {
+            object,
+            argument,
+            detail: text,
+        };
+    }
+    if e.is_io_error() || !e.is_amqp_soft_error() {
+        return Error::ConnectionLost;
+    }
+    Error::backend(format!("declare {object}"), e)
+}
+
+async fn declare_on(conn: &Connection, t: &Topology) -> Result<()> {
+    let ch = conn.create_channel().await.map_err(|e| lost(&e))?;
+    for ex in [&t.exchange, &t.dead_letter_exchange] {
+        ch.exchange_declare(
+            ex.name.as_str().into(),
+            kind(ex.kind),
+            ExchangeDeclareOptions {
+                durable: ex.durable,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_error(format!("exchange `{}`", ex.name), e))?;
+    }
+    for (ex, q) in t.bound_queues() {
+        ch.queue_declare(
+            q.name.as_str().into(),
+            QueueDeclareOptions {
+                durable: q.durable,
+                ..QueueDeclareOptions::default()
+            },
+            queue_arguments(q),
+        )
+        .await
+        .map_err(|e| declare_error(format!("queue `{}`", q.name), e))?;
+        for b in &q.bindings {
+            ch.queue_bind(
+                q.name.as_str().into(),
+                ex.name.as_str().into(),
+                b.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| declare_error(format!("binding `{b}` of queue `{}`", q.name), e))?;
+        }
+    }
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
+}
+
+impl Transport for RabbitMq {
+    fn declare<'a>(&'a self, topology: &'a Topology) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let live = self.ensure().await?;
+            declare_on(&live.conn, topology).await?;
+            *self.inner.topology.lock() = Some(topology.clone());
+            Ok(())
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        exchange: &'a str,
+        message: Message,
+        options: PublishOptions,
+    ) -> BoxFuture<'a, Result<PendingConfirm>> {
+        Box::pin(self.publish_raw(exchange, message, options))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        queue: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn DeliveryStream>>> {
+        Box::pin(async move {
+            let spec = self
+                .inner
+                .topology
+                .lock()
+                .as_ref()
+                .and_then(|t| t.queue(queue).cloned())
+                .ok_or_else(|| Error::NotDeclared {
+                    kind: "queue",
+                    name: queue.to_owned(),
+                })?;
+            let live = self.ensure().await?;
+            let ch = live.conn.create_channel().await.map_err(|e| lost(&e))?;
+            ch.basic_qos(options.prefetch.max(1), BasicQosOptions::default())
+                .await
+                .map_err(|e| lost(&e))?;
+            let tag = format!("{}-{}", options.consumer_name, uuid::Uuid::new_v4());
+            let consumer = ch
+                .basic_consume(
+                    queue.into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| declare_error(format!("queue `{queue}`"), e))?;
+            let s: Box<dyn DeliveryStream> = Box::new(RabbitStream {
+                transport: self.clone(),
+                channel: ch,
+                consumer,
+                tag,
+                spec: Arc::new(spec),
+            });
+            Ok(s)
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async move {
+            let live = self.current();
+            let state = match (&live, self.inner.connected_once.load(Ordering::SeqCst)) {
+                (Some(_), _) => ConnectionState::Connected,
+                (None, true) => ConnectionState::Reconnecting,
+                (None, false) => ConnectionState::Disconnected,
+            };
+            let topology = self.inner.topology.lock().clone();
+            let mut queues = Vec::new();
+            let mut dlq = None;
+            if let Some(t) = topology {
+                let ch = match &live {
+                    Some(l) => l.conn.create_channel().await.ok(),
+                    None => None,
+                };
+                let depth = |name: String| {
+                    let ch = ch.clone();
+                    async move {
+                        let ch = ch?;
+                        let q = ch
+                            .queue_declare(
+                                name.as_str().into(),
+                                QueueDeclareOptions {
+                                    passive: true,
+                                    ..QueueDeclareOptions::default()
+                                },
+                                FieldTable::default(),
+                            )
+                            .await
+                            .ok()?;
+                        Some(u64::from(q.message_count()))
+                    }
+                };
+                for q in &t.queues {
+                    queues.push(QueueDepth {
+                        queue: q.name.clone(),
+                        depth: depth(q.name.clone()).await,
+                        pending: None,
+                    });
+                }
+                dlq = depth(t.dead_letter_queue.name.clone()).await;
+                if let Some(ch) = ch {
+                    let _ = ch.close(200, "health".into()).await;
+                }
+            }
+            Health {
+                state,
+                reconnects: self.reconnects(),
+                unconfirmed: self.inner.unconfirmed.load(Ordering::Relaxed),
+                queues,
+                dead_letter_depth: dlq,
+            }
+        })
+    }
+
+    fn close(&self, deadline: Duration) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let all = u32::try_from(self.inner.config.confirm_window).unwrap_or(u32::MAX);
+            // Every window slot free = every confirm arrived (or timed out).
+            let flushed = tokio::time::timeout(deadline, self.inner.window.acquire_many(all)).await;
+            if flushed.is_err() {
+                warn!(
+                    unconfirmed = self.inner.unconfirmed.load(Ordering::Relaxed),
+                    "closing with unconfirmed publishes"
+                );
+            }
+            let live = self.inner.live.write().take();
+            if let Some(l) = live {
+                l.conn
+                    .close(200, "bye".into())
+                    .await
+                    .map_err(|e| Error::backend("connection.close", e))?;
+            }
+            self.inner.window.close();
+            Ok(())
+        })
+    }
+}
+
+struct RabbitStream {
+    transport: RabbitMq,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    tag: String,
+    spec: Arc<QueueSpec>,
+}
+
+impl DeliveryStream for RabbitStream {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery>>> {
+        Box::pin(async move {
+            match self.consumer.next().await? {
+                Err(e) => Some(Err(lost(&e))),
+                Ok(d) => {
+                    let message = message_from(&d);
+                    let delivery_count = message
+                        .headers
+                        .get("x-delivery-count")
+                        .and_then(|c| c.parse::<u32>().ok())
+                        .map(|c| c + 1)
+                        .unwrap_or(if d.redelivered { 2 } else { 1 });
+                    Some(Ok(Delivery {
+                        message,
+                        redelivered: d.redelivered,
+                        delivery_count,
+                        acker: Box::new(RabbitAcker {
+                            acker: d.acker,
+                            transport: self.transport.clone(),
+                            spec: self.spec.clone(),
+                        }),
+                    }))
+                }
+            }
+        })
+    }
+
+    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
+                .await
+                .map_err(|e| lost(&e))
+        })
+    }
+}
+
+impl Drop for RabbitStream {
+    fn drop(&mut self) {
+        // Closing the channel returns its unacked deliveries to the queue.
+        let ch = self.channel.clone();
+        if ch.status().connected() {
+            tokio::spawn(async move {
+                let _ = ch.close(200, "consumer stopped".into()).await;
+            });
+        }
+    }
+}
+
+struct RabbitAcker {
+    acker: lapin::Acker,
+    transport: RabbitMq,
+    spec: Arc<QueueSpec>,
+}
+
+impl Acker for RabbitAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            self.acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| lost(&e))
+        })
+    }
+
+    fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            self.acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| lost(&e))
+        })
+    }
+
+    fn dead_letter(self: Box<Self>, mut message: Message) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            if let Some(dlx) = &self.spec.dead_letter_exchange {
+                if let Some(k) = &self.spec.dead_letter_routing_key {
+                    message.routing_key = k.clone();
+                }
+                let opts = PublishOptions { mandatory: false };
+                let outcome = match self.transport.publish_raw(dlx, message, opts).await {
+                    Ok(p) => p.await,
+                    Err(e) => {
+                        warn!(error = %e, "publishing the dead letter failed");
+                        PublishOutcome::ConnectionLost
+                    }
+                };
+                if outcome.is_confirmed() {
+                    return self
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| lost(&e));
+                }
+                warn!(
+                    ?outcome,
+                    "dead letter not confirmed; rejecting to the broker's DLX instead"
+                );
+            }
+            self.acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(|_| ())
+                .map_err(|e| lost(&e))
+        })
+    }
+}
