@@ -4,6 +4,8 @@
 //! Each crate's part is one module here with an `async fn run()` that prints
 //! what it shows; `main` runs them in order.
 
+mod cache;
+
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[tokio::main]
@@ -15,5 +17,6 @@ async fn main() -> Result {
         )
         .init();
     // Each crate adds `mod <crate>;` above and `<crate>::run().await?;` here.
+    cache::run().await?;
     Ok(())
 }
