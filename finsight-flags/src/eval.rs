@@ -95,6 +95,24 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// Whether this reason serves the caller's default (steps 1–4 and 6–8 of
+    /// SPEC §1.2, and [`Reason::TypeMismatch`]) rather than a value of the flag.
+    pub const fn is_caller_default(self) -> bool {
+        matches!(
+            self,
+            Self::FlagNotFound
+                | Self::FlagStatus(_)
+                | Self::FlagExpired
+                | Self::KillSwitchActive
+                | Self::TenantRestricted
+                | Self::SubscriptionTierNotEligible
+                | Self::PrerequisiteFailed
+                | Self::TypeMismatch
+        )
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
