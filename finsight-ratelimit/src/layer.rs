@@ -253,7 +253,9 @@ pub struct RateLimit<S> {
     inner: S,
     limiter: Limiter,
     cfg: Arc<Config>,
-    ready: Option<ReadyFut>,
+    /// The backpressure wait; in a `Mutex` only to make the service `Sync`
+    /// (it is reached through `&mut self`, so never locked).
+    ready: Option<std::sync::Mutex<ReadyFut>>,
 }
 
 impl<S: Clone> Clone for RateLimit<S> {
@@ -392,9 +394,9 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         if self.cfg.mode == Mode::Backpressure {
-            let fut = self.ready.get_or_insert_with(|| {
+            let slot = self.ready.get_or_insert_with(|| {
                 let limiter = self.limiter.clone();
-                Box::pin(async move {
+                std::sync::Mutex::new(Box::pin(async move {
                     // Request-independent rules only: global scope, no path/method filter.
                     let probe = RequestInfo::new("", "");
                     for _ in 0..1_000_000u32 {
@@ -407,8 +409,11 @@ where
                             _ => return,
                         }
                     }
-                })
+                }))
             });
+            let fut = slot
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match fut.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) => self.ready = None,

@@ -695,6 +695,18 @@ impl Limiter {
             }
             d.remaining = d.remaining.min(v.remaining);
         }
+        // Not committed (a non-shadow rule rejected): the rules that would have
+        // admitted were not charged, so their real remaining includes this cost.
+        let committed = items
+            .iter()
+            .zip(verdicts)
+            .all(|(it, v)| v.allowed || it.rule.rule.shadow);
+        if op == Op::Consume && !committed {
+            for r in d.rules.iter_mut().filter(|r| r.allowed) {
+                r.remaining = (r.remaining + r.cost).min(r.quota);
+            }
+            d.remaining = d.rules.iter().map(|r| r.remaining).min().unwrap_or(0);
+        }
         if d.remaining == u64::MAX {
             d.remaining = 0;
         }
