@@ -80,18 +80,16 @@ enum End {
 impl<V: Value> Listener<V> {
     async fn run(self) {
         let mut backoff = Duration::from_millis(50);
-        let mut sessions = 0u64;
         loop {
             if self.cache.strong_count() == 0 {
                 return;
             }
-            match self.session(sessions > 0).await {
+            match self.session().await {
                 (_, End::CacheDropped) => return,
                 (subscribed, End::Lost(e)) => {
                     self.status
                         .store(InvalidationStatus::Connecting.as_u8(), Relaxed);
                     if subscribed {
-                        sessions += 1;
                         backoff = Duration::from_millis(50);
                         tracing::warn!(cache = %self.name, error = %e,
                             "invalidation channel lost; L1 keeps serving and is flushed once resubscribed");
@@ -106,7 +104,12 @@ impl<V: Value> Listener<V> {
     }
 
     /// One connection lifetime. Returns whether it got subscribed.
-    async fn session(&self, flush_on_subscribe: bool) -> (bool, End) {
+    ///
+    /// L1 is flushed on every subscription: entries cached while no channel
+    /// was listening (before the first subscription, or since a loss) may
+    /// have missed their invalidation. At build time L1 is empty, so the
+    /// first flush costs nothing.
+    async fn session(&self) -> (bool, End) {
         let setup = tokio::time::timeout(self.timeout, self.connect()).await;
         let (mut tracker, pubsub, tracking) = match setup {
             Ok(Ok(parts)) => parts,
@@ -116,10 +119,8 @@ impl<V: Value> Listener<V> {
         let Some(cache) = self.cache.upgrade() else {
             return (true, End::CacheDropped);
         };
-        if flush_on_subscribe {
-            cache.flush_local();
-            tracing::info!(cache = %self.name, "invalidation channel back; L1 flushed");
-        }
+        cache.flush_local();
+        tracing::debug!(cache = %self.name, "invalidation channel subscribed; L1 flushed");
         drop(cache);
         let status = if tracking {
             InvalidationStatus::Tracking
