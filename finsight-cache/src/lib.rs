@@ -78,10 +78,9 @@
 //!   (RESP2) to a pub/sub connection on `__redis__:invalidate`, so writes by
 //!   *any* client — the Python services included — evict L1 (measured:
 //!   ~0.2 ms from the write to the eviction on localhost). Falls back to
-//!   explicit pub/sub when the server refuses tracking. Writes through this
-//!   instance come back to it as invalidations too (tracking cannot tell
-//!   writers apart), so the next read of a key this instance just wrote
-//!   costs one Redis round trip.
+//!   explicit pub/sub when the server refuses tracking. This instance's own
+//!   writes go through the tracking connection with `NOLOOP`, so they do not
+//!   evict its own fresh copy (pub/sub messages carry a source id instead).
 //! * **Lost invalidations.** Both invalidation connections are pinged every
 //!   heartbeat. While the channel is down, L1 keeps serving (bounded by
 //!   `l1_ttl` / `ttl`) so a Redis outage does not take the service down;

@@ -32,13 +32,6 @@ async fn outage_redis_stopped_and_restarted() {
         .unwrap();
     assert_eq!(c.invalidation_status(), Some(InvalidationStatus::Tracking));
     c.set("held", &"v1".to_owned()).await.unwrap();
-    // Let the write's own invalidation pass, then cache it in L1.
-    for _ in 0..200 {
-        if c.stats().invalidations_received > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     assert_eq!(c.get("held").await.unwrap().as_deref(), Some("v1"));
     assert!(c.contains_local("held").await);
 

@@ -195,9 +195,7 @@ async fn write_on_one_instance_evicts_the_other_instances_l1() {
     assert_eq!(b.get("k").await.unwrap(), None);
 
     // A write by any other client (as the Python services do) evicts too.
-    let before = b.stats().invalidations_received;
     b.set("k", &s(3)).await.unwrap();
-    settle(&b, before).await; // B's own write comes back as an invalidation too
     assert_eq!(b.get("k").await.unwrap(), Some(s(3)));
     let mut r = raw().await;
     let took = eviction_latency(&b, async {
@@ -213,6 +211,28 @@ async fn write_on_one_instance_evicts_the_other_instances_l1() {
     .await;
     eprintln!("cross-instance eviction, foreign SET: {took:?}");
     assert_eq!(b.get("k").await.unwrap(), Some(s(4)));
+}
+
+#[tokio::test]
+async fn own_writes_do_not_evict_own_l1() {
+    // Writes go through the tracking connection (NOLOOP): no self-invalidation.
+    let p = prefix("noloop");
+    let cfg = CacheConfig::new("noloop", &p, Duration::from_secs(600));
+    let a = cache(cfg.clone()).await;
+    let b = cache(cfg).await;
+    let before = a.stats().invalidations_received;
+    a.set("mine", &s(1)).await.unwrap();
+    // Barrier: B's later write reaches A after any message about A's own write would have.
+    b.set("barrier", &s(2)).await.unwrap();
+    settle(&a, before).await;
+    assert_eq!(
+        a.stats().invalidations_received,
+        before + 1,
+        "only B's write came back"
+    );
+    assert!(a.contains_local("mine").await, "A kept its own write in L1");
+    assert_eq!(a.get("mine").await.unwrap(), Some(s(1)));
+    assert_eq!(a.stats().l2.hits + a.stats().l2.misses, 0, "served from L1");
 }
 
 #[tokio::test]

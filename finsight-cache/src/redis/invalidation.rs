@@ -2,7 +2,10 @@
 //!
 //! One task per cache with Redis: a RESP2 pub/sub connection subscribed to
 //! `__redis__:invalidate`, and a tracking connection that ran
-//! `CLIENT TRACKING ON REDIRECT <pub/sub id> BCAST PREFIX <prefix>`.
+//! `CLIENT TRACKING ON REDIRECT <pub/sub id> BCAST PREFIX <prefix> NOLOOP`.
+//! While it is up, this instance's writes go through the tracking connection,
+//! so NOLOOP keeps them from evicting this instance's own L1 copy; writes by
+//! every other client (other instances, the Python services) arrive.
 //! Both are pinged every heartbeat; when either fails, the task reconnects
 //! with backoff (50 ms doubling to 2 s) and, once subscribed again, flushes
 //! L1 because invalidations may have been lost meanwhile.
@@ -51,6 +54,7 @@ pub(crate) async fn start<V: Value>(inner: &Arc<Inner<V>>, opts: &RedisOptions) 
         heartbeat: opts.heartbeat,
         timeout: opts.connect_timeout,
         status: Arc::clone(&l2.status),
+        writer: Arc::clone(&l2.tracker),
         ready: ready_tx,
     };
     tokio::spawn(listener.run());
@@ -69,6 +73,8 @@ struct Listener<V: Value> {
     heartbeat: Duration,
     timeout: Duration,
     status: Arc<std::sync::atomic::AtomicU8>,
+    /// Where this instance's writes go while tracking (NOLOOP) is active.
+    writer: Arc<parking_lot::Mutex<Option<redis::aio::MultiplexedConnection>>>,
     ready: watch::Sender<bool>,
 }
 
@@ -84,7 +90,9 @@ impl<V: Value> Listener<V> {
             if self.cache.strong_count() == 0 {
                 return;
             }
-            match self.session().await {
+            let ended = self.session().await;
+            *self.writer.lock() = None;
+            match ended {
                 (_, End::CacheDropped) => return,
                 (subscribed, End::Lost(e)) => {
                     self.status
@@ -119,6 +127,9 @@ impl<V: Value> Listener<V> {
         let Some(cache) = self.cache.upgrade() else {
             return (true, End::CacheDropped);
         };
+        if tracking {
+            *self.writer.lock() = Some(tracker.clone());
+        }
         cache.flush_local();
         tracing::debug!(cache = %self.name, "invalidation channel subscribed; L1 flushed");
         drop(cache);
@@ -186,6 +197,7 @@ impl<V: Value> Listener<V> {
                 .arg("BCAST")
                 .arg("PREFIX")
                 .arg(&self.prefix)
+                .arg("NOLOOP")
                 .clone();
             match cmd.query_async::<()>(&mut tracker).await {
                 Ok(()) => tracking = true,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
 use crate::cache::Value;
 use crate::config::CacheConfig;
@@ -34,7 +34,7 @@ pub const MAX_DECOMPRESSED_BYTES: u64 = 64 * 1024 * 1024;
 #[non_exhaustive]
 pub enum Invalidation {
     /// Redis client tracking in broadcast mode on the type's prefix
-    /// (`CLIENT TRACKING ON REDIRECT <id> BCAST PREFIX <prefix>`, RESP2
+    /// (`CLIENT TRACKING ON REDIRECT <id> BCAST PREFIX <prefix> NOLOOP`, RESP2
     /// redirect to a pub/sub connection on `__redis__:invalidate`): writes by
     /// *any* client, the Python services included, evict L1. Falls back to
     /// [`Invalidation::PubSub`] when the server refuses tracking.
@@ -153,6 +153,10 @@ pub(crate) struct Lease {
 
 pub(crate) struct L2 {
     conn: ConnectionManager,
+    /// The connection that holds `CLIENT TRACKING … NOLOOP` while the
+    /// invalidation channel is up: this instance's writes go through it, so
+    /// they do not come back as invalidations of its own L1.
+    pub(crate) tracker: Arc<parking_lot::Mutex<Option<MultiplexedConnection>>>,
     name: String,
     prefix: String,
     compress: bool,
@@ -190,6 +194,7 @@ impl L2 {
         };
         Ok(Self {
             conn,
+            tracker: Arc::new(parking_lot::Mutex::new(None)),
             name: cfg.name.clone(),
             prefix: cfg.prefix.clone(),
             compress: cfg.compress,
@@ -234,6 +239,23 @@ impl L2 {
         }
     }
 
+    /// Runs a write on the tracking connection (NOLOOP) when the channel is
+    /// up, else on the data connection.
+    async fn write<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
+        let tracker = self.tracker.lock().clone();
+        match tracker {
+            Some(mut conn) => self.timed(op, cmd.query_async(&mut conn)).await,
+            None => {
+                let mut conn = self.conn.clone();
+                self.timed(op, cmd.query_async(&mut conn)).await
+            }
+        }
+    }
+
     /// Value and PTTL in one round trip (one `EVALSHA`). `None` PTTL: no expiry.
     pub(crate) async fn fetch(&self, key: &str) -> Result<Option<(Vec<u8>, Option<Duration>)>> {
         let mut conn = self.conn.clone();
@@ -264,15 +286,13 @@ impl L2 {
         if only_if_absent {
             cmd.arg("NX");
         }
-        let mut conn = self.conn.clone();
-        let reply: Option<String> = self.timed("SET", cmd.query_async(&mut conn)).await?;
+        let reply: Option<String> = self.write("SET", &cmd).await?;
         Ok(reply.is_some())
     }
 
     pub(crate) async fn delete(&self, key: &str) -> Result<()> {
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("UNLINK").arg(self.full_key(key)).clone();
-        let _: i64 = self.timed("UNLINK", cmd.query_async(&mut conn)).await?;
+        let _: i64 = self.write("UNLINK", &cmd).await?;
         Ok(())
     }
 
@@ -294,7 +314,7 @@ impl L2 {
                 self.timed("SCAN", scan.query_async(&mut conn)).await?;
             if !keys.is_empty() {
                 let unlink = redis::cmd("UNLINK").arg(&keys).clone();
-                let n: u64 = self.timed("UNLINK", unlink.query_async(&mut conn)).await?;
+                let n: u64 = self.write("UNLINK", &unlink).await?;
                 removed += n;
             }
             if next == 0 {
