@@ -260,3 +260,19 @@ fn impossible_effect_for_the_baseline_is_an_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn experiment_deserializes_only_when_valid() {
+    let exp: Experiment = serde_json::from_str(&checkout_json()).unwrap();
+    assert_eq!(exp, Experiment::from_json(&checkout_json()).unwrap());
+    assert_eq!(
+        serde_json::to_value(&exp).unwrap(),
+        serde_json::to_value(exp.definition()).unwrap()
+    );
+    let mut v = checkout_value();
+    v["power"] = json!(0.0);
+    let err = serde_json::from_value::<Experiment>(v)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("field `power`"), "{err}");
+}

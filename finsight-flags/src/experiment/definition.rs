@@ -135,8 +135,11 @@ pub struct Metric {
 /// A validated experiment: every invariant of [`ExperimentDefinition`] holds.
 ///
 /// Cheap to share (`Clone` copies the definition; wrap it in an `Arc` to
-/// share without copying).
-#[derive(Debug, Clone, PartialEq)]
+/// share without copying). It (de)serializes as its definition, and
+/// deserializing validates, so an `Experiment` can sit directly in a
+/// service's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ExperimentDefinition", into = "ExperimentDefinition")]
 pub struct Experiment {
     def: ExperimentDefinition,
     control: usize,
@@ -343,6 +346,12 @@ impl Experiment {
                 .collect(),
             total_units,
         })
+    }
+}
+
+impl From<Experiment> for ExperimentDefinition {
+    fn from(experiment: Experiment) -> Self {
+        experiment.def
     }
 }
 

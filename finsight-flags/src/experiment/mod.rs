@@ -20,6 +20,64 @@
 //! the numbers match SciPy and statsmodels (the crate's tests compare them on
 //! reference data produced by `tests/python/experiment_reference.py`).
 //!
+//! # Running an experiment
+//! An [`Experiment`] is validated at creation. An [`ExperimentAssigner`]
+//! assigns units through the [`FlagEngine`](crate::FlagEngine) — the same
+//! buckets and sticky assignments as any evaluation of the flag — and
+//! returns an [`ExposureRecord`] per enrolled unit.
+//! [`Experiment::aggregate`] turns records and [`MetricEvent`]s into
+//! [`ExperimentData`] (one count per unit, events after exposure only), and
+//! [`Experiment::analyze`] runs the SRM check and every metric's tests.
+//!
+//! ```
+//! use finsight_flags::experiment::{Enrollment, Experiment, ExperimentAssigner, MetricEvent, Verdict};
+//! use finsight_flags::{EvaluationContext, FlagEngine, FlagSet};
+//!
+//! let flags = FlagSet::from_json(r#"[{
+//!     "key": "checkout", "flag_type": "multivariate", "status": "active", "sticky_bucketing": true,
+//!     "variants": [{"id": "control", "value": "old", "weight": 50, "is_control": true},
+//!                  {"id": "one-page", "value": "new", "weight": 50}]
+//! }]"#)?.strict()?;
+//! let experiment = Experiment::from_json(r#"{
+//!     "key": "checkout-2026", "name": "One-page checkout", "flag_key": "checkout",
+//!     "hypothesis": "A one-page checkout raises completed purchases",
+//!     "variants": [{"id": "control", "allocation": 50, "is_control": true},
+//!                  {"id": "one-page", "allocation": 50}],
+//!     "metrics": [{"key": "purchase", "metric_type": "conversion", "goal": "increase",
+//!                  "primary": true, "baseline": 0.1}],
+//!     "minimum_detectable_effect": {"absolute": 0.02}
+//! }"#)?;
+//! println!("enrol {} users", experiment.sample_size()?.total_units);
+//!
+//! let assigner = ExperimentAssigner::new(experiment.clone(), FlagEngine::new(flags))?;
+//! let mut exposures = Vec::new();
+//! let mut events = Vec::new();
+//! for i in 0..4_000 {
+//!     let ctx = EvaluationContext::new().user_id(format!("user-{i}"));
+//!     if let Enrollment::Enrolled { exposure, .. } = assigner.assign(&ctx) {
+//!         // ... serve the variant; later the user may purchase:
+//!         let converts = if exposure.variant == "control" { i % 10 == 0 } else { i % 6 == 0 };
+//!         if converts {
+//!             events.push(MetricEvent {
+//!                 unit_kind: exposure.unit_kind,
+//!                 unit_id: exposure.unit_id.clone(),
+//!                 metric: "purchase".into(),
+//!                 value: 1.0,
+//!                 timestamp: exposure.timestamp,
+//!             });
+//!         }
+//!         exposures.push(exposure);
+//!     }
+//! }
+//!
+//! let data = experiment.aggregate(&exposures, &events)?;
+//! let analysis = experiment.analyze(&data)?;
+//! assert!(!analysis.sample_ratio_mismatch());
+//! let purchase = analysis.primary().expect("one primary metric");
+//! assert_eq!(purchase.comparisons[0].verdict, Verdict::Improvement);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Errors and insufficient data
 //! Invalid input (alpha outside (0, 1), more conversions than units, a
 //! negative variance) is an [`ExperimentError`] naming the parameter.
