@@ -73,8 +73,12 @@ srm
     statistic, p_value = scipy.stats.chisquare(observed, f_exp=N w_i / sum(w))
 
 Edge cases carry an `expected.insufficient` (the reason the Rust code must
-report) or `expected.error` (a parameter the Rust code must reject); for each
-the script also shows what SciPy/statsmodels does there (nan, an exception).
+report) or `expected.error` (a parameter the Rust code must reject). Where
+SciPy/statsmodels return something there, the script asserts or notes it
+(a nan z-test, a ValueError from chi2_contingency, an infinite Welch t).
+
+Output is deterministic (seeded NumPy generator): re-running the script with
+the same library versions rewrites reference.json byte for byte.
 """
 
 import json
