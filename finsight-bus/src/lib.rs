@@ -78,7 +78,10 @@
 //! means handlers must be idempotent (or use a duplicate filter).
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bus;

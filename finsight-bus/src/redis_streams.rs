@@ -1,0 +1,880 @@
+//! Redis Streams backend (feature `redis-streams`).
+//!
+//! Mapping of the topology onto Redis:
+//!
+//! * a queue is a stream `<prefix>q:<queue>` with one consumer group
+//!   ([`RedisStreamsConfig::group`]); every replica of a service reads with
+//!   its own consumer name (`XREADGROUP`), so each entry goes to one replica;
+//! * an exchange is a set of bindings `<prefix>b:<exchange>` (`pattern\nqueue`)
+//!   plus its kind in `<prefix>x:<exchange>`; publishing routes the routing
+//!   key through the bindings (topic `*` / `#`) and `XADD`s to every matching
+//!   stream with `MAXLEN ~` [`RedisStreamsConfig::max_len`] (bounded memory);
+//!   no match is [`PublishOutcome::Unroutable`];
+//! * queue arguments live in `<prefix>qa:<queue>`, so declaring a queue with
+//!   other arguments is [`Error::TopologyMismatch`] naming the argument;
+//! * dead-lettering `XADD`s the message to the stream bound to the queue's
+//!   dead-letter exchange with its dead-letter routing key, then `XACK`s;
+//!   `x-message-ttl` is honoured at read time (entry id time older than the
+//!   TTL → dead-letter with `x-first-death-reason: expired`);
+//! * stuck entries (pending longer than [`RedisStreamsConfig::claim_min_idle`],
+//!   e.g. from a crashed replica) are taken over with `XAUTOCLAIM`; an entry
+//!   delivered more than [`RedisStreamsConfig::delivery_limit`] times is
+//!   dead-lettered with reason `delivery-limit`;
+//! * the pending list is bounded: a consumer reads only as many entries as
+//!   it has free prefetch slots.
+//!
+//! Publishing goes through one writer task that pipelines up to
+//! [`RedisStreamsConfig::publish_window`] `XADD`s per round trip, in order.
+//! A confirmed publish means Redis accepted the write; durability is that of
+//! the server's persistence settings (AOF / RDB).
+//!
+//! After a reconnect the consumer re-reads its own pending entries first
+//! (`XREADGROUP … 0`), and the topology (groups, bindings) is re-declared if
+//! the server lost it (a restart without persistence).
+
+use crate::envelope::{Headers, Message};
+use crate::error::{Error, Result};
+use crate::memory::{HEADER_FIRST_DEATH_QUEUE, HEADER_FIRST_DEATH_REASON};
+use crate::topology::{ArgValue, ExchangeKind, QueueSpec, Topology};
+use crate::transport::{
+    Acker, ConnectionState, Delivery, DeliveryStream, Health, PendingConfirm, PublishOptions,
+    PublishOutcome, QueueDepth, SubscribeOptions, Transport,
+};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamReadReply,
+};
+use redis::{AsyncCommands, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{debug, warn};
+
+/// Redis Streams backend settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStreamsConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key (default `finsight:`).
+    pub key_prefix: String,
+    /// Consumer group (default `finsight`).
+    pub group: String,
+    /// Approximate bound of each stream (`XADD MAXLEN ~`, default 100 000).
+    pub max_len: usize,
+    /// How long one `XREADGROUP` blocks (default 1 s).
+    pub block: Duration,
+    /// Pending entries idle this long are reclaimed (default 30 s).
+    pub claim_min_idle: Duration,
+    /// How often a consumer looks for stuck entries (default 5 s).
+    pub claim_interval: Duration,
+    /// Deliveries after which a reclaimed entry is dead-lettered (default 5).
+    pub delivery_limit: u32,
+    /// Publishes in flight at most (default 256).
+    pub publish_window: usize,
+}
+
+impl RedisStreamsConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "finsight:".into(),
+            group: "finsight".into(),
+            max_len: 100_000,
+            block: Duration::from_secs(1),
+            claim_min_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            delivery_limit: 5,
+            publish_window: 256,
+        }
+    }
+}
+
+/// The Redis Streams transport. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStreams {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStreams")
+            .field("endpoint", &crate::redact(&self.inner.config.url))
+            .field("prefix", &self.inner.config.key_prefix)
+            .finish()
+    }
+}
+
+struct Inner {
+    config: RedisStreamsConfig,
+    client: redis::Client,
+    conn: ConnectionManager,
+    topology: parking_lot::Mutex<Option<Topology>>,
+    window: Arc<Semaphore>,
+    writer: mpsc::Sender<Write>,
+    unconfirmed: AtomicU64,
+    redeclares: AtomicU64,
+}
+
+struct Write {
+    streams: Vec<String>,
+    message: Message,
+    done: oneshot::Sender<PublishOutcome>,
+    /// Window slot, freed when the write is answered.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+fn lost(op: &str, e: &redis::RedisError) -> Error {
+    debug!(op, error = %e, "redis operation failed");
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        Error::ConnectionLost
+    } else {
+        Error::backend(op.to_owned(), e.to_string())
+    }
+}
+
+impl RedisStreams {
+    /// Connects to `config.url` (one multiplexed connection for publishing
+    /// and acks; one more per subscription for blocking reads).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when Redis cannot be reached.
+    pub async fn connect(config: RedisStreamsConfig) -> Result<Self> {
+        if config.publish_window == 0 {
+            return Err(Error::Config("publish_window must be at least 1".into()));
+        }
+        let connect = |e: redis::RedisError| Error::Connect {
+            endpoint: crate::redact(&config.url),
+            source: Box::new(e),
+        };
+        let client = redis::Client::open(config.url.as_str()).map_err(connect)?;
+        let conn = ConnectionManager::new(client.clone())
+            .await
+            .map_err(connect)?;
+        let (tx, rx) = mpsc::channel(config.publish_window);
+        let inner = Arc::new(Inner {
+            window: Arc::new(Semaphore::new(config.publish_window)),
+            config,
+            client,
+            conn: conn.clone(),
+            topology: parking_lot::Mutex::new(None),
+            writer: tx,
+            unconfirmed: AtomicU64::new(0),
+            redeclares: AtomicU64::new(0),
+        });
+        tokio::spawn(writer(
+            conn,
+            rx,
+            inner.config.max_len,
+            Arc::downgrade(&inner),
+        ));
+        Ok(Self { inner })
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}:{name}", self.inner.config.key_prefix)
+    }
+
+    fn stream(&self, queue: &str) -> String {
+        self.key("q", queue)
+    }
+
+    async fn declare_topology(&self, t: &Topology) -> Result<()> {
+        let mut c = self.inner.conn.clone();
+        for ex in [&t.exchange, &t.dead_letter_exchange] {
+            let key = self.key("x", &ex.name);
+            let _: () = c
+                .hset_nx(&key, "kind", ex.kind.as_str())
+                .await
+                .map_err(|e| lost("HSETNX", &e))?;
+            let have: Option<String> = c.hget(&key, "kind").await.map_err(|e| lost("HGET", &e))?;
+            if have.as_deref().is_some_and(|k| k != ex.kind.as_str()) {
+                return Err(Error::TopologyMismatch {
+                    object: format!("exchange `{}`", ex.name),
+                    argument: "type".into(),
+                    detail: format!("declared as {}", have.unwrap_or_default()),
+                });
+            }
+        }
+        for (ex, q) in t.bound_queues() {
+            let key = self.key("qa", &q.name);
+            let want = queue_args(q);
+            let have: HashMap<String, String> =
+                c.hgetall(&key).await.map_err(|e| lost("HGETALL", &e))?;
+            if have.is_empty() {
+                let _: () = c
+                    .hset_multiple(&key, &want)
+                    .await
+                    .map_err(|e| lost("HSET", &e))?;
+            } else {
+                for (k, v) in &want {
+                    if have.get(k) != Some(v) {
+                        return Err(Error::TopologyMismatch {
+                            object: format!("queue `{}`", q.name),
+                            argument: k.clone(),
+                            detail: format!("stored {:?}, declared {v:?}", have.get(k)),
+                        });
+                    }
+                }
+            }
+            let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(self.stream(&q.name))
+                .arg(&self.inner.config.group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut c)
+                .await;
+            if let Err(e) = r
+                && e.code() != Some("BUSYGROUP")
+            {
+                return Err(lost("XGROUP CREATE", &e));
+            }
+            let members: Vec<String> = q
+                .bindings
+                .iter()
+                .map(|b| format!("{b}\n{}", q.name))
+                .collect();
+            if !members.is_empty() {
+                let _: () = c
+                    .sadd(self.key("b", &ex.name), members)
+                    .await
+                    .map_err(|e| lost("SADD", &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-declares the topology when the server lost it (restart without
+    /// persistence): checked through the main exchange's kind key.
+    async fn ensure_declared(&self) -> Result<()> {
+        let Some(t) = self.inner.topology.lock().clone() else {
+            return Ok(());
+        };
+        let mut c = self.inner.conn.clone();
+        let exists: bool = c
+            .exists(self.key("x", &t.exchange.name))
+            .await
+            .map_err(|e| lost("EXISTS", &e))?;
+        if !exists {
+            warn!("redis lost the bus topology (restart?); re-declaring it");
+            self.inner.redeclares.fetch_add(1, Ordering::Relaxed);
+            self.declare_topology(&t).await?;
+        }
+        Ok(())
+    }
+
+    async fn routes(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>> {
+        let mut c = self.inner.conn.clone();
+        let kind: Option<String> = c
+            .hget(self.key("x", exchange), "kind")
+            .await
+            .map_err(|e| lost("HGET", &e))?;
+        let kind = match kind.as_deref() {
+            Some("topic") => ExchangeKind::Topic,
+            Some("direct") => ExchangeKind::Direct,
+            Some("fanout") => ExchangeKind::Fanout,
+            _ => {
+                // Lost on the server? Re-declare what we know, else it is undeclared.
+                let known = self
+                    .inner
+                    .topology
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|t| t.exchange_named(exchange).is_some());
+                if known {
+                    self.ensure_declared().await?;
+                    return Box::pin(self.routes(exchange, routing_key)).await;
+                }
+                return Err(Error::NotDeclared {
+                    kind: "exchange",
+                    name: exchange.to_owned(),
+                });
+            }
+        };
+        let members: Vec<String> = c
+            .smembers(self.key("b", exchange))
+            .await
+            .map_err(|e| lost("SMEMBERS", &e))?;
+        let mut out: Vec<String> = Vec::new();
+        for m in members {
+            if let Some((pattern, queue)) = m.split_once('\n') {
+                let s = self.stream(queue);
+                if kind.matches(pattern, routing_key) && !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn publish_routed(
+        &self,
+        exchange: &str,
+        message: Message,
+        options: PublishOptions,
+    ) -> Result<PendingConfirm> {
+        let permit = self.inner.window.clone().acquire_owned().await?;
+        let streams = self.routes(exchange, &message.routing_key).await?;
+        if streams.is_empty() {
+            return Ok(PendingConfirm::ready(if options.mandatory {
+                PublishOutcome::Unroutable {
+                    code: 312,
+                    text: format!(
+                        "NO_ROUTE: no stream bound on `{exchange}` for `{}`",
+                        message.routing_key
+                    ),
+                }
+            } else {
+                PublishOutcome::Confirmed
+            }));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner.unconfirmed.fetch_add(1, Ordering::Relaxed);
+        let w = Write {
+            streams,
+            message,
+            done: tx,
+            _permit: permit,
+        };
+        if self.inner.writer.send(w).await.is_err() {
+            self.inner.unconfirmed.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::Closed);
+        }
+        Ok(PendingConfirm::waiting(async move {
+            rx.await.unwrap_or(PublishOutcome::ConnectionLost)
+        }))
+    }
+}
+
+fn queue_args(q: &QueueSpec) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("durable".to_owned(), q.durable.to_string()),
+        (
+            "x-dead-letter-exchange".to_owned(),
+            q.dead_letter_exchange.clone().unwrap_or_default(),
+        ),
+        (
+            "x-dead-letter-routing-key".to_owned(),
+            q.dead_letter_routing_key.clone().unwrap_or_default(),
+        ),
+        (
+            "x-message-ttl".to_owned(),
+            q.message_ttl
+                .map(|t| t.as_millis().to_string())
+                .unwrap_or_default(),
+        ),
+        (
+            "x-max-length".to_owned(),
+            q.max_length.map(|m| m.to_string()).unwrap_or_default(),
+        ),
+    ];
+    for (k, a) in &q.arguments {
+        let s = match a {
+            ArgValue::Int(i) => i.to_string(),
+            ArgValue::Str(s) => s.clone(),
+        };
+        v.push((k.clone(), s));
+    }
+    v
+}
+
+fn entry_fields(m: &Message) -> Vec<(String, Vec<u8>)> {
+    let mut f = Vec::with_capacity(m.headers.len() + 4);
+    f.push(("body".to_owned(), m.body.to_vec()));
+    f.push(("rk".to_owned(), m.routing_key.clone().into_bytes()));
+    f.push((
+        "p".to_owned(),
+        if m.persistent {
+            b"1".to_vec()
+        } else {
+            b"0".to_vec()
+        },
+    ));
+    if let Some(id) = &m.message_id {
+        f.push(("id".to_owned(), id.clone().into_bytes()));
+    }
+    for (k, v) in &m.headers {
+        f.push((format!("h:{k}"), v.clone().into_bytes()));
+    }
+    f
+}
+
+fn value_bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+fn entry_message(e: &StreamId) -> Message {
+    let mut headers = Headers::new();
+    let mut body = Bytes::new();
+    let mut routing_key = String::new();
+    let mut message_id = None;
+    let mut persistent = true;
+    for (k, v) in &e.map {
+        let Some(b) = value_bytes(v) else { continue };
+        match k.as_str() {
+            "body" => body = Bytes::from(b),
+            "rk" => routing_key = String::from_utf8_lossy(&b).into_owned(),
+            "id" => message_id = Some(String::from_utf8_lossy(&b).into_owned()),
+            "p" => persistent = b != b"0",
+            _ => {
+                if let Some(h) = k.strip_prefix("h:") {
+                    headers.insert(h.to_owned(), String::from_utf8_lossy(&b).into_owned());
+                }
+            }
+        }
+    }
+    Message {
+        body,
+        headers,
+        routing_key,
+        message_id,
+        persistent,
+    }
+}
+
+/// Milliseconds part of a stream entry id (`<ms>-<seq>`).
+fn entry_ms(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
+}
+
+async fn writer(
+    mut conn: ConnectionManager,
+    mut rx: mpsc::Receiver<Write>,
+    max_len: usize,
+    inner: std::sync::Weak<Inner>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut pipe = redis::pipe();
+        for w in &batch {
+            let fields = entry_fields(&w.message);
+            for s in &w.streams {
+                pipe.cmd("XADD")
+                    .arg(s)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(max_len)
+                    .arg("*");
+                for (k, v) in &fields {
+                    pipe.arg(k).arg(v.as_slice());
+                }
+                pipe.ignore();
+            }
+        }
+        let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+        let outcome = match r {
+            Ok(()) => PublishOutcome::Confirmed,
+            Err(e) => {
+                warn!(error = %e, n = batch.len(), "XADD batch failed");
+                PublishOutcome::ConnectionLost
+            }
+        };
+        if let Some(i) = inner.upgrade() {
+            i.unconfirmed
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        }
+        for w in batch.drain(..) {
+            let _ = w.done.send(outcome.clone());
+        }
+    }
+}
+
+impl Transport for RedisStreams {
+    fn declare<'a>(&'a self, topology: &'a Topology) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.declare_topology(topology).await?;
+            *self.inner.topology.lock() = Some(topology.clone());
+            Ok(())
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        exchange: &'a str,
+        message: Message,
+        options: PublishOptions,
+    ) -> BoxFuture<'a, Result<PendingConfirm>> {
+        Box::pin(self.publish_routed(exchange, message, options))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        queue: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn DeliveryStream>>> {
+        Box::pin(async move {
+            let spec = self
+                .inner
+                .topology
+                .lock()
+                .as_ref()
+                .and_then(|t| t.queue(queue).cloned())
+                .ok_or_else(|| Error::NotDeclared {
+                    kind: "queue",
+                    name: queue.to_owned(),
+                })?;
+            self.ensure_declared().await?;
+            // A dedicated connection: XREADGROUP BLOCK would stall the shared one.
+            let reader = self
+                .inner
+                .client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new().set_response_timeout(Some(
+                        self.inner.config.block + Duration::from_secs(5),
+                    )),
+                )
+                .await
+                .map_err(|e| lost("connect", &e))?;
+            let prefetch = usize::from(options.prefetch.max(1));
+            let (tx, rx) = mpsc::channel(prefetch);
+            let slots = Arc::new(Semaphore::new(prefetch));
+            let shared = Arc::new(Sub {
+                transport: self.clone(),
+                stream: self.stream(queue),
+                consumer: options.consumer_name.clone(),
+                spec,
+            });
+            let task = tokio::spawn(read_loop(shared, reader, tx, slots));
+            let s: Box<dyn DeliveryStream> = Box::new(RedisStream { rx, task });
+            Ok(s)
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async move {
+            let mut c = self.inner.conn.clone();
+            let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+            let state = if ping.is_ok() {
+                ConnectionState::Connected
+            } else {
+                ConnectionState::Reconnecting
+            };
+            let topology = self.inner.topology.lock().clone();
+            let mut queues = Vec::new();
+            let mut dlq = None;
+            if let Some(t) = topology {
+                let group = self.inner.config.group.clone();
+                let info = |q: String| {
+                    let mut c = c.clone();
+                    let group = group.clone();
+                    let key = self.stream(&q);
+                    async move {
+                        let r: StreamInfoGroupsReply = redis::cmd("XINFO")
+                            .arg("GROUPS")
+                            .arg(key)
+                            .query_async(&mut c)
+                            .await
+                            .ok()?;
+                        r.groups
+                            .into_iter()
+                            .find(|g| g.name == group)
+                            .map(|g| (g.lag.map(|l| l as u64), g.pending as u64))
+                    }
+                };
+                for q in &t.queues {
+                    let i = info(q.name.clone()).await;
+                    queues.push(QueueDepth {
+                        queue: q.name.clone(),
+                        depth: i.and_then(|(l, _)| l),
+                        pending: i.map(|(_, p)| p),
+                    });
+                }
+                dlq = info(t.dead_letter_queue.name.clone())
+                    .await
+                    .and_then(|(l, _)| l);
+            }
+            Health {
+                state,
+                reconnects: self.inner.redeclares.load(Ordering::Relaxed),
+                unconfirmed: self.inner.unconfirmed.load(Ordering::Relaxed),
+                queues,
+                dead_letter_depth: dlq,
+            }
+        })
+    }
+
+    fn close(&self, deadline: Duration) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let all = u32::try_from(self.inner.config.publish_window).unwrap_or(u32::MAX);
+            if tokio::time::timeout(deadline, self.inner.window.acquire_many(all))
+                .await
+                .is_err()
+            {
+                warn!(
+                    unconfirmed = self.inner.unconfirmed.load(Ordering::Relaxed),
+                    "closing with unconfirmed publishes"
+                );
+            }
+            self.inner.window.close();
+            Ok(())
+        })
+    }
+}
+
+struct Sub {
+    transport: RedisStreams,
+    stream: String,
+    consumer: String,
+    spec: QueueSpec,
+}
+
+impl Sub {
+    /// Dead-letters `m` (from the queue) through the queue's DLX; `Ok(true)` if it landed.
+    async fn dead_letter(&self, mut m: Message) -> Result<bool> {
+        let Some(dlx) = &self.spec.dead_letter_exchange else {
+            warn!(queue = %self.spec.name, "no dead-letter exchange: message dropped");
+            return Ok(true);
+        };
+        if let Some(k) = &self.spec.dead_letter_routing_key {
+            m.routing_key = k.clone();
+        }
+        let p = self
+            .transport
+            .publish_routed(dlx, m, PublishOptions { mandatory: false })
+            .await?;
+        Ok(p.await.is_confirmed())
+    }
+
+    async fn xack(&self, id: &str) -> Result<()> {
+        let mut c = self.transport.inner.conn.clone();
+        let _: i64 = c
+            .xack(&self.stream, &self.transport.inner.config.group, &[id])
+            .await
+            .map_err(|e| lost("XACK", &e))?;
+        Ok(())
+    }
+}
+
+async fn read_loop(
+    sub: Arc<Sub>,
+    mut reader: redis::aio::MultiplexedConnection,
+    tx: mpsc::Sender<Result<Delivery>>,
+    slots: Arc<Semaphore>,
+) {
+    let cfg = sub.transport.inner.config.clone();
+    // First our own pending entries (after a reconnect), then new ones.
+    let mut cursor = "0".to_owned();
+    let mut last_claim = tokio::time::Instant::now();
+    let r: Result<()> = async {
+        loop {
+            let Ok(mut permit) = slots.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let extra = slots.available_permits();
+            if extra > 0
+                && let Ok(p) = slots
+                    .clone()
+                    .try_acquire_many_owned(u32::try_from(extra).unwrap_or(u32::MAX))
+            {
+                permit.merge(p);
+            }
+            let count = permit.num_permits();
+            let mut entries: Vec<(StreamId, bool, u32)> = Vec::new();
+            if last_claim.elapsed() >= cfg.claim_interval {
+                last_claim = tokio::time::Instant::now();
+                entries.extend(reclaim(&sub, &mut reader, count).await?);
+            }
+            if entries.is_empty() {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(&cfg.group)
+                    .arg(&sub.consumer)
+                    .arg("COUNT")
+                    .arg(count);
+                if cursor == ">" {
+                    cmd.arg("BLOCK")
+                        .arg(u64::try_from(cfg.block.as_millis()).unwrap_or(1000));
+                }
+                cmd.arg("STREAMS").arg(&sub.stream).arg(&cursor);
+                let reply: Option<StreamReadReply> = cmd
+                    .query_async(&mut reader)
+                    .await
+                    .map_err(|e| lost("XREADGROUP", &e))?;
+                let ids: Vec<StreamId> = reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                    .unwrap_or_default();
+                if cursor != ">" {
+                    if ids.is_empty() {
+                        cursor = ">".into();
+                    } else if let Some(last) = ids.last() {
+                        cursor = last.id.clone();
+                    }
+                    entries.extend(ids.into_iter().map(|i| (i, true, 2)));
+                } else {
+                    entries.extend(ids.into_iter().map(|i| (i, false, 1)));
+                }
+            }
+            let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            for (entry, redelivered, count) in entries {
+                let message = entry_message(&entry);
+                if let (Some(ttl), Some(ms)) = (sub.spec.message_ttl, entry_ms(&entry.id))
+                    && now_ms.saturating_sub(ms)
+                        >= u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+                {
+                    {
+                        let mut m = message;
+                        m.headers
+                            .entry(HEADER_FIRST_DEATH_REASON.into())
+                            .or_insert_with(|| "expired".into());
+                        m.headers
+                            .entry(HEADER_FIRST_DEATH_QUEUE.into())
+                            .or_insert_with(|| sub.spec.name.clone());
+                        if sub.dead_letter(m).await? {
+                            sub.xack(&entry.id).await?;
+                        }
+                        continue;
+                    }
+                }
+                let Some(one) = permit.split(1) else { break };
+                let d = Delivery {
+                    message,
+                    redelivered,
+                    delivery_count: count,
+                    acker: Box::new(RedisAcker {
+                        sub: sub.clone(),
+                        id: entry.id,
+                        _slot: one,
+                    }),
+                };
+                if tx.send(Ok(d)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = r {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+/// `XAUTOCLAIM`s entries idle longer than `claim_min_idle`; dead-letters
+/// those past the delivery limit and returns the others with their counts.
+async fn reclaim(
+    sub: &Sub,
+    conn: &mut redis::aio::MultiplexedConnection,
+    count: usize,
+) -> Result<Vec<(StreamId, bool, u32)>> {
+    let cfg = &sub.transport.inner.config;
+    let idle = u64::try_from(cfg.claim_min_idle.as_millis()).unwrap_or(u64::MAX);
+    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        .arg(&sub.stream)
+        .arg(&cfg.group)
+        .arg(&sub.consumer)
+        .arg(idle)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await
+        .map_err(|e| lost("XAUTOCLAIM", &e))?;
+    if reply.claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first = reply
+        .claimed
+        .first()
+        .map(|e| e.id.clone())
+        .unwrap_or_default();
+    let last = reply
+        .claimed
+        .last()
+        .map(|e| e.id.clone())
+        .unwrap_or_default();
+    let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(&sub.stream)
+        .arg(&cfg.group)
+        .arg(&first)
+        .arg(&last)
+        .arg(reply.claimed.len())
+        .arg(&sub.consumer)
+        .query_async(conn)
+        .await
+        .map_err(|e| lost("XPENDING", &e))?;
+    let counts: HashMap<&str, usize> = pending
+        .ids
+        .iter()
+        .map(|p| (p.id.as_str(), p.times_delivered))
+        .collect();
+    let mut out = Vec::new();
+    for e in reply.claimed {
+        let n = u32::try_from(counts.get(e.id.as_str()).copied().unwrap_or(1)).unwrap_or(u32::MAX);
+        if n > cfg.delivery_limit {
+            warn!(stream = %sub.stream, id = %e.id, deliveries = n, "delivery limit reached; dead-lettering");
+            let mut m = entry_message(&e);
+            m.headers.insert(
+                crate::HEADER_DEAD_LETTER_REASON.into(),
+                format!("delivery-limit: delivered {n} times"),
+            );
+            m.headers.insert(
+                crate::HEADER_DEAD_LETTER_QUEUE.into(),
+                sub.spec.name.clone(),
+            );
+            m.headers
+                .insert(crate::HEADER_DEAD_LETTER_ATTEMPTS.into(), n.to_string());
+            if sub.dead_letter(m).await? {
+                sub.xack(&e.id).await?;
+            }
+        } else {
+            debug!(stream = %sub.stream, id = %e.id, deliveries = n, "reclaimed stuck entry");
+            out.push((e, true, n));
+        }
+    }
+    Ok(out)
+}
+
+struct RedisStream {
+    rx: mpsc::Receiver<Result<Delivery>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeliveryStream for RedisStream {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery>>> {
+        Box::pin(self.rx.recv())
+    }
+    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.task.abort();
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Drop for RedisStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct RedisAcker {
+    sub: Arc<Sub>,
+    id: String,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Acker for RedisAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { self.sub.xack(&self.id).await })
+    }
+    /// Left pending: another read of this consumer after a reconnect, or
+    /// `XAUTOCLAIM` after `claim_min_idle`, delivers it again.
+    fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+    fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            if self.sub.dead_letter(message).await? {
+                self.sub.xack(&self.id).await
+            } else {
+                Err(Error::ConnectionLost)
+            }
+        })
+    }
+}
