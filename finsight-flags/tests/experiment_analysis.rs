@@ -168,7 +168,16 @@ fn add_unit_builds_the_same_data_as_aggregate() {
         manual.add_unit("a", &[("revenue", f64::NAN)]),
         Err(ExperimentError::InvalidSummary { .. })
     ));
-    assert_eq!(manual.units(), &[1, 2], "a rejected unit is not added");
+    let before = manual.clone();
+    assert!(matches!(
+        manual.add_unit(
+            "a",
+            &[("buy", 1.0), ("revenue", f64::MAX), ("revenue", f64::MAX)]
+        ),
+        Err(ExperimentError::InvalidSummary { .. })
+    ));
+    assert_eq!(manual, before, "a rejected unit changes nothing");
+    assert_eq!(manual.units(), &[1, 2]);
 }
 
 #[test]

@@ -94,7 +94,8 @@ impl ExperimentData {
     /// Adds one unit exposed to `variant` with its per-metric `values`:
     /// for a conversion metric a value > 0 means converted; for a continuous
     /// metric the value is the unit's total. A metric missing from `values`
-    /// counts as 0 (not converted, or a total of 0). O(metrics × values).
+    /// counts as 0 (not converted, or a total of 0). O(metrics × values)
+    /// time, one allocation of `metrics` totals.
     ///
     /// # Errors
     /// [`ExperimentError::Unknown`] for a variant or metric the experiment
@@ -117,13 +118,25 @@ impl ExperimentData {
             }
         }
         let m_count = self.metric_keys.len();
-        for m in 0..m_count {
-            let key = self.metric_keys[m].as_str();
-            let total: f64 = values
-                .iter()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, x)| x)
-                .sum();
+        let totals: Vec<f64> = self
+            .metric_keys
+            .iter()
+            .map(|key| {
+                values
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, x)| x)
+                    .sum()
+            })
+            .collect();
+        if let Some(&bad) = totals.iter().find(|t| !t.is_finite()) {
+            return Err(ExperimentError::InvalidSummary {
+                field: "value",
+                value: bad,
+                expected: "per-metric totals that stay finite",
+            });
+        }
+        for (m, &total) in totals.iter().enumerate() {
             match &mut self.cells[v * m_count + m] {
                 Accumulator::Conversion(n) => {
                     if total > 0.0 {
