@@ -5,6 +5,7 @@
 //! what it shows; `main` runs them in order.
 
 mod cache;
+mod resilience;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -18,5 +19,6 @@ async fn main() -> Result {
         .init();
     // Each crate adds `mod <crate>;` above and `<crate>::run().await?;` here.
     cache::run().await?;
+    resilience::run().await?;
     Ok(())
 }
