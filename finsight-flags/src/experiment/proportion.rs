@@ -79,9 +79,19 @@ impl ProportionEstimate {
             conversions: c.conversions,
             rate: p,
             standard_error: (p * (1.0 - p) / n).sqrt(),
+            // At 0 and at all conversions the bound is exactly 0 or 1
+            // (z²/2n ± √(z²/4n²) cancels); pin it against rounding.
             confidence_interval: Interval {
-                lower: (centre - half).max(0.0),
-                upper: (centre + half).min(1.0),
+                lower: if c.conversions == 0 {
+                    0.0
+                } else {
+                    (centre - half).max(0.0)
+                },
+                upper: if c.conversions == c.units {
+                    1.0
+                } else {
+                    (centre + half).min(1.0)
+                },
             },
         }
     }
