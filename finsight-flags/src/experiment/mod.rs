@@ -14,11 +14,15 @@
 //! - **Trust check**: [`sample_ratio_mismatch`] flags an observed split that
 //!   differs from the planned allocation.
 //!
-//! Every test reports the estimate per variant, the absolute and relative
-//! lift with a confidence interval, the p-value and whether it is below the
-//! significance level. Each public item states its formula and assumptions;
-//! the numbers match SciPy and statsmodels (the crate's tests compare them on
-//! reference data produced by `tests/python/experiment_reference.py`).
+//! The two-sample tests report the estimate per variant, the absolute and
+//! relative lift with a confidence interval, the p-value and whether it is
+//! below the significance level. The chi-square test reports the estimate per
+//! variant and the omnibus p-value; [`Experiment::analyze`] pairs it with each
+//! treatment's z-test for the lifts. Each public item states its formula and
+//! assumptions. The distributions come from `statrs` (no default features);
+//! the numbers match SciPy and statsmodels to a relative error below 1e-10
+//! (the crate's tests compare them, at 1e-9, on reference data produced by
+//! `tests/python/experiment_reference.py`).
 //!
 //! # Running an experiment
 //! An [`Experiment`] is validated at creation. An [`ExperimentAssigner`]
