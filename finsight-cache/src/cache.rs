@@ -67,7 +67,7 @@ impl<V: Value> std::fmt::Debug for Cache<V> {
 
 pub(crate) struct Inner<V: Value> {
     pub(crate) cfg: CacheConfig,
-    l1: Option<moka::future::Cache<String, Arc<Entry<V>>>>,
+    l1: Option<moka::future::Cache<String, Entry<V>>>,
     gens: Generations,
     inflight: Mutex<HashMap<String, (u64, Flight<V>)>>,
     next_flight: AtomicU64,
@@ -135,7 +135,7 @@ impl<V: Value> CacheBuilder<V> {
                 Capacity::Entries(n) => builder.max_capacity(n).build(),
                 Capacity::Bytes(n) => builder
                     .max_capacity(n)
-                    .weigher(|_k: &String, v: &Arc<Entry<V>>| v.weight)
+                    .weigher(|_k: &String, v: &Entry<V>| v.weight)
                     .build(),
             }
         });
@@ -222,7 +222,7 @@ impl<V: Value> Cache<V> {
         if let Some(l1) = &inner.l1 {
             if let Some(e) = l1.get(key).await {
                 if now < e.fresh_until {
-                    return Ok(inner.hit(&e));
+                    return Ok(inner.hit(e));
                 }
                 stale = Some(e);
             }
@@ -231,7 +231,7 @@ impl<V: Value> Cache<V> {
         match inner.fill_from_l2(key, inner.gens.token(key), None).await {
             L2Read::Hit(v) => Ok(Some(v)),
             L2Read::Miss => Ok(None),
-            L2Read::Failed => Ok(inner.stale_if_error(stale.as_deref(), now)),
+            L2Read::Failed => Ok(inner.stale_if_error(stale.as_ref(), now)),
         }
     }
 
@@ -342,21 +342,20 @@ impl<V: Value> Cache<V> {
         if let Some(l1) = &inner.l1 {
             if let Some(e) = l1.get(key).await {
                 if now < e.fresh_until {
-                    let hit = inner.hit(&e);
                     if e.value.is_some()
                         && inner.should_refresh(&e, now)
                         && let Some(loader) = loader.take()
                     {
                         inner.spawn_refresh(key, loader);
                     }
-                    return Ok(hit);
+                    return Ok(inner.hit(e));
                 }
                 if e.value.is_some() && now < e.fresh_until + inner.cfg.stale_while_revalidate {
                     inc(&inner.counters.l1_stale_served);
                     if let Some(loader) = loader.take() {
                         inner.spawn_refresh(key, loader);
                     }
-                    return Ok(e.value.clone());
+                    return Ok(e.value);
                 }
                 stale = Some(e);
             }
@@ -373,7 +372,7 @@ impl<V: Value> Cache<V> {
         inner.finish_flight(key, id);
         match result {
             Ok(v) => Ok(v),
-            Err(source) => match inner.stale_if_error(stale.as_deref(), now) {
+            Err(source) => match inner.stale_if_error(stale.as_ref(), now) {
                 Some(v) => Ok(Some(v)),
                 None => Err(Error::Load {
                     cache: inner.cfg.name.clone(),
@@ -436,13 +435,13 @@ fn weight_of(key: &str, json: Option<&[u8]>) -> u32 {
 }
 
 impl<V: Value> Inner<V> {
-    fn hit(&self, e: &Entry<V>) -> Option<V> {
+    fn hit(&self, e: Entry<V>) -> Option<V> {
         if e.value.is_some() {
             inc(&self.counters.l1_hits);
         } else {
             inc(&self.counters.l1_negative_hits);
         }
-        e.value.clone()
+        e.value
     }
 
     fn stale_if_error(&self, stale: Option<&Entry<V>>, now: Instant) -> Option<V> {
@@ -532,7 +531,7 @@ impl<V: Value> Inner<V> {
             (Some(t), Some(_)) => Some(now + remaining.saturating_sub(self.cfg.ttl.mul_f64(t))),
             _ => None,
         };
-        let entry = Arc::new(Entry {
+        let entry = Entry {
             value,
             fresh_until: now + fresh,
             expires_at: now + remaining,
@@ -540,7 +539,7 @@ impl<V: Value> Inner<V> {
             delta,
             weight,
             physical_ttl: fresh + stale,
-        });
+        };
         l1.insert(key.to_owned(), entry).await;
         if !self.gens.is_valid(token) {
             l1.invalidate(key).await;

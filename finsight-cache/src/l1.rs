@@ -2,7 +2,6 @@
 //! that keep stale fills out of L1.
 
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use tokio::time::Instant;
 /// One L1 entry. Logical times use `tokio::time::Instant` (so tests can run
 /// on tokio's paused clock); moka removes the entry physically after
 /// `physical_ttl` of real time (the same span, so memory is bounded in time too).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Entry<V> {
     /// `None` is a negative entry ("not found").
     pub(crate) value: Option<V>,
@@ -31,11 +30,11 @@ pub(crate) struct Entry<V> {
 
 pub(crate) struct EntryExpiry;
 
-impl<V> moka::Expiry<String, Arc<Entry<V>>> for EntryExpiry {
+impl<V> moka::Expiry<String, Entry<V>> for EntryExpiry {
     fn expire_after_create(
         &self,
         _key: &String,
-        value: &Arc<Entry<V>>,
+        value: &Entry<V>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(value.physical_ttl)
@@ -44,7 +43,7 @@ impl<V> moka::Expiry<String, Arc<Entry<V>>> for EntryExpiry {
     fn expire_after_update(
         &self,
         _key: &String,
-        value: &Arc<Entry<V>>,
+        value: &Entry<V>,
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
