@@ -490,8 +490,11 @@ impl<V: Value> Inner<V> {
             && !e.delta.is_zero()
         {
             let u: f64 = self.rng.lock().random_range(f64::MIN_POSITIVE..=1.0);
-            let ahead = e.delta.mul_f64(beta * -u.ln());
-            return now + ahead >= e.expires_at;
+            // δ·β·(−ln u); a span too large to represent means "refresh now".
+            return Duration::try_from_secs_f64(e.delta.as_secs_f64() * beta * -u.ln())
+                .ok()
+                .and_then(|ahead| now.checked_add(ahead))
+                .is_none_or(|t| t >= e.expires_at);
         }
         false
     }
@@ -570,7 +573,10 @@ impl<V: Value> Inner<V> {
                     L2Read::Miss
                 }
                 Ok(Some((bytes, pttl))) => {
-                    let remaining = pttl.unwrap_or(self.cfg.ttl);
+                    // Never longer in L1 than this type's longest TTL (a key
+                    // another writer stored without or with a longer expiry).
+                    let longest = self.cfg.ttl.mul_f64(1.0 + self.cfg.jitter);
+                    let remaining = pttl.map_or(longest, |p| p.min(longest));
                     if min_remaining.is_some_and(|m| remaining <= m) {
                         return L2Read::Miss;
                     }

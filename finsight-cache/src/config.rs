@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The largest duration a configuration accepts (10 years).
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Which layers a cache type uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -266,6 +269,25 @@ impl CacheConfig {
         if self.ttl.is_zero() {
             return bad("`ttl` must be greater than 0 s".into());
         }
+        for (field, d) in [
+            ("ttl", Some(self.ttl)),
+            ("l1_ttl", self.l1_ttl),
+            ("negative_ttl", self.negative_ttl),
+            ("stale_while_revalidate", Some(self.stale_while_revalidate)),
+            ("stale_if_error", Some(self.stale_if_error)),
+            ("l2_timeout", Some(self.l2_timeout)),
+            ("lease", self.lease),
+        ] {
+            if let Some(d) = d
+                && d > MAX_DURATION
+            {
+                return bad(format!(
+                    "`{field}` is {} s, the largest allowed is {} s (10 years)",
+                    d.as_secs(),
+                    MAX_DURATION.as_secs()
+                ));
+            }
+        }
         if self.l1_ttl.is_some_and(|t| t.is_zero()) {
             return bad("`l1_ttl` must be greater than 0 s (leave it unset for `ttl`)".into());
         }
@@ -278,9 +300,11 @@ impl CacheConfig {
             return bad(format!("`refresh_ahead` is {t}, it must be in (0, 1)"));
         }
         if let Some(b) = self.early_refresh_beta
-            && !(b.is_finite() && b > 0.0)
+            && !(b.is_finite() && b > 0.0 && b <= 1000.0)
         {
-            return bad(format!("`early_refresh_beta` is {b}, it must be > 0"));
+            return bad(format!(
+                "`early_refresh_beta` is {b}, it must be in (0, 1000]"
+            ));
         }
         if self.l2_timeout.is_zero() {
             return bad("`l2_timeout` must be greater than 0 s".into());
@@ -396,6 +420,15 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("jitter"), "{err}");
+        let err = CacheConfig::new("huge", "h:", Duration::from_secs(u64::MAX / 4))
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("`ttl`"), "{err}");
+        let err = CacheConfig::trading_data()
+            .with_early_refresh(f64::MAX)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("early_refresh_beta"), "{err}");
         let err = CacheConfig::trading_data()
             .with_refresh_ahead(0.0)
             .validate()

@@ -101,6 +101,12 @@
 //! * Generation counters: 1 024 stripes (8 KiB) per cache, whatever the number of keys.
 //! * Gzip bodies from Redis are decompressed up to 64 MiB ([`redis::MAX_DECOMPRESSED_BYTES`]).
 //!
+//! # Runtime
+//!
+//! The cache runs on tokio. With Redis, calls use `tokio::time::timeout`,
+//! so the runtime needs its time driver (`enable_all()` / `#[tokio::main]`);
+//! background refreshes are `tokio::spawn`ed.
+//!
 //! # Time and randomness
 //!
 //! Freshness, refresh and stale windows use `tokio::time::Instant`, so tests
@@ -154,7 +160,7 @@ pub mod redis;
 mod stats;
 
 pub use cache::{Cache, CacheBuilder, Value};
-pub use config::{CacheConfig, Capacity, Layers};
+pub use config::{CacheConfig, Capacity, Layers, MAX_DURATION};
 pub use error::{BoxError, Error, Result};
 pub use stats::{LayerStats, Stats};
 

@@ -425,3 +425,37 @@ async fn redis_unreachable_reads_fall_back_and_writes_report_it() {
     assert!(err.to_string().contains("Redis"), "{err}");
     assert!(c.stats().l2.errors >= 2, "{:?}", c.stats());
 }
+
+#[tokio::test]
+async fn foreign_shapes_in_redis_are_counted_not_fatal() {
+    let p = prefix("shapes");
+    // A reader without compression still reads a gzip body (magic bytes).
+    let plain = cache(CacheConfig::new("shapes", &p, Duration::from_secs(600))).await;
+    let gz =
+        cache(CacheConfig::new("shapes-gz", &p, Duration::from_secs(600)).with_compression(true))
+            .await;
+    gz.set("g", &s(8)).await.unwrap();
+    assert_eq!(plain.get("g").await.unwrap(), Some(s(8)));
+    // A value of another shape, or garbage: an L2 error and a miss, never a panic.
+    let mut r = raw().await;
+    for (k, body) in [
+        ("other", b"{\"nope\":1}".to_vec()),
+        ("junk", vec![0x1f, 0x8b, 0, 1, 2]),
+    ] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{p}{k}"))
+            .arg(body)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    assert_eq!(plain.get("other").await.unwrap(), None);
+    assert_eq!(plain.get("junk").await.unwrap(), None);
+    assert_eq!(plain.stats().l2.errors, 2);
+    // The loader replaces an undecodable value's role: it is called.
+    let v = plain
+        .get_or_load("other", || async { Ok::<_, std::io::Error>(Some(s(10))) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(s(10)));
+}
