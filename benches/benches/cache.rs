@@ -1,9 +1,10 @@
 //! finsight-cache next to the crates it wraps: moka (its L1), quick_cache
 //! (the L1 alternative), and a raw redis-rs GET (its L2).
 //!
-//! * `cache/l1_hit`: `Cache::get` on an L1 hit vs a raw moka `get` on a
-//!   `moka::future::Cache` with the same capacity and a TTL (target ≤ 1.3×
-//!   moka), and vs quick_cache's `get`.
+//! * `cache/l1_hit`: `Cache::get` on an L1 hit vs a raw `get` on a
+//!   `moka::future::Cache` configured like the L1 inside `Cache` (same
+//!   capacity, per-entry expiry policy; target ≤ 1.3× `peer:moka`), vs moka
+//!   with one global TTL, and vs quick_cache's `get` (no TTL at all).
 //! * `cache/l2_hit`: `Cache::get` served by Redis (L2-only config: value +
 //!   PTTL in one EVALSHA, JSON decode) vs a raw `GET` (informational).
 //! * `cache/get_or_load_64_concurrent`: 64 tasks miss the same fresh key;
@@ -36,6 +37,30 @@ fn quote(i: u64) -> Quote {
 
 const KEYS: u64 = 1_000;
 
+/// Per-entry expiry as a moka user writes it: a TTL on create and update.
+struct PerEntryTtl(Duration);
+
+impl moka::Expiry<String, Quote> for PerEntryTtl {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        _: &Quote,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.0)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        _: &Quote,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.0)
+    }
+}
+
 fn l1_hit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,7 +70,14 @@ fn l1_hit(c: &mut Criterion) {
         .with_layers(Layers::L1)
         .with_capacity(Capacity::Entries(10_000));
     let ours: Cache<Quote> = rt.block_on(Cache::in_memory(cfg)).unwrap();
+    // The same moka configuration as the L1 inside `Cache`: capacity and a
+    // per-entry expiry policy.
     let moka: moka::future::Cache<String, Quote> = moka::future::Cache::builder()
+        .max_capacity(10_000)
+        .expire_after(PerEntryTtl(Duration::from_secs(600)))
+        .build();
+    // moka with one global TTL (cheaper reads, no per-entry TTL).
+    let moka_ttl: moka::future::Cache<String, Quote> = moka::future::Cache::builder()
         .max_capacity(10_000)
         .time_to_live(Duration::from_secs(600))
         .build();
@@ -55,6 +87,7 @@ fn l1_hit(c: &mut Criterion) {
         for (i, k) in keys.iter().enumerate() {
             ours.set(k, &quote(i as u64)).await.unwrap();
             moka.insert(k.clone(), quote(i as u64)).await;
+            moka_ttl.insert(k.clone(), quote(i as u64)).await;
             qc.insert(k.clone(), quote(i as u64));
         }
     });
@@ -70,6 +103,12 @@ fn l1_hit(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let k = &keys[(n.fetch_add(1, SeqCst) % KEYS) as usize];
             std::hint::black_box(moka.get(k.as_str()).await.unwrap())
+        })
+    });
+    g.bench_function("peer:moka-global-ttl", |b| {
+        b.to_async(&rt).iter(|| async {
+            let k = &keys[(n.fetch_add(1, SeqCst) % KEYS) as usize];
+            std::hint::black_box(moka_ttl.get(k.as_str()).await.unwrap())
         })
     });
     g.bench_function("peer:quick_cache", |b| {
