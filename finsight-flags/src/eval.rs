@@ -12,6 +12,7 @@ use crate::context::{EvaluationContext, Unit};
 use crate::error::{Error, FlagError};
 use crate::exposure::{ExposureBuffer, ExposureEvent};
 use crate::flagset::{CompiledFlag, CompiledRule, FlagSet, millis};
+use crate::memo::BucketMemo;
 use crate::model::{FlagStatus, FlagType, Operator, RuleType};
 use crate::sticky::{Assignment, OwnedStickyKey, StickyKey, StickyStore};
 
@@ -256,6 +257,16 @@ struct Trace {
 struct Env<'e> {
     clock: &'e dyn Clock,
     sticky: Option<&'e dyn StickyStore>,
+    memo: Option<&'e BucketMemo>,
+}
+
+impl Env<'_> {
+    fn digest(&self, flag: &Arc<str>, unit: Unit<'_>) -> [u8; 16] {
+        match self.memo {
+            Some(m) => m.digest(flag, unit),
+            None => digest(flag, unit),
+        }
+    }
 }
 
 /// Max prerequisite depth (cycles are rejected at load; this only bounds
@@ -380,7 +391,7 @@ fn resolve<'a>(
             let Some(unit) = ctx.unit() else {
                 return Resolution::json(&def.default_value, Reason::MissingBucketingKey, None);
             };
-            let (inside, bucket) = rollout(flag, unit, sticky, trace.as_deref_mut());
+            let (inside, bucket) = rollout(flag, unit, env, sticky, trace.as_deref_mut());
             if inside {
                 Resolution::boolean(true, Reason::Enabled, Some(bucket))
             } else {
@@ -395,7 +406,7 @@ fn resolve<'a>(
             let Some(unit) = ctx.unit() else {
                 return Resolution::json(&def.default_value, Reason::MissingBucketingKey, None);
             };
-            let (inside, bucket) = rollout(flag, unit, sticky, trace.as_deref_mut());
+            let (inside, bucket) = rollout(flag, unit, env, sticky, trace.as_deref_mut());
             Resolution::boolean(inside, Reason::PercentageEvaluation, Some(bucket))
         }
         FlagType::Multivariate => {
@@ -408,7 +419,7 @@ fn resolve<'a>(
             let Some(unit) = ctx.unit() else {
                 return Resolution::json(&def.default_value, Reason::MissingBucketingKey, None);
             };
-            let d = digest(&flag.key, unit);
+            let d = env.digest(&flag.key, unit);
             let bucket = bucket_of_digest(&d);
             let key = StickyKey {
                 flag_key: &flag.key,
@@ -466,10 +477,11 @@ fn resolve<'a>(
 fn rollout(
     flag: &CompiledFlag,
     unit: Unit<'_>,
+    env: &Env<'_>,
     sticky: Option<&dyn StickyStore>,
     trace: Option<&mut Trace>,
 ) -> (bool, u8) {
-    let d = digest(&flag.key, unit);
+    let d = env.digest(&flag.key, unit);
     let bucket = bucket_of_digest(&d);
     let computed = bucket < flag.rollout;
     if let Some(s) = sticky {
@@ -519,8 +531,9 @@ fn rule_matches(
 /// Cloning is cheap (an `Arc`); clones share the flags, the clock, the sticky
 /// store and the exposure buffer. Evaluation is synchronous and lock-free:
 /// it loads the current set through `arc-swap` (no lock, no allocation),
-/// computes at most one md5, reads the clock only for flags with
-/// `expires_at`, and never does I/O. A boolean evaluation through
+/// computes at most one md5 (none when the unit's digest is in the bounded
+/// bucket memo, see [`FlagEngineBuilder::bucket_memo`]), reads the clock only
+/// for flags with `expires_at`, and never does I/O. A boolean evaluation through
 /// [`FlagEngine::bool_value`] does not allocate (tested with a counting
 /// allocator) unless the flag tracks exposure.
 ///
@@ -536,6 +549,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     sticky: Option<Arc<dyn StickyStore>>,
     exposure: Option<ExposureBuffer>,
+    memo: Option<BucketMemo>,
 }
 
 impl fmt::Debug for FlagEngine {
@@ -557,6 +571,7 @@ pub struct FlagEngineBuilder {
     clock: Arc<dyn Clock>,
     sticky: Option<Arc<dyn StickyStore>>,
     exposure: Option<ExposureBuffer>,
+    memo: usize,
 }
 
 impl FlagEngineBuilder {
@@ -592,6 +607,15 @@ impl FlagEngineBuilder {
         self
     }
 
+    /// How many bucketing digests to memoize (default 50,000; 0 turns the
+    /// memo off). A warm evaluation then skips md5: the memo maps
+    /// (flag key, unit) to its digest, a pure function, so entries never go
+    /// stale. Each entry costs about 80 bytes plus the id's length.
+    pub fn bucket_memo(mut self, capacity: usize) -> Self {
+        self.memo = capacity;
+        self
+    }
+
     /// The engine.
     pub fn build(self) -> FlagEngine {
         FlagEngine {
@@ -600,6 +624,7 @@ impl FlagEngineBuilder {
                 clock: self.clock,
                 sticky: self.sticky,
                 exposure: self.exposure,
+                memo: (self.memo > 0).then(|| BucketMemo::new(self.memo)),
             }),
         }
     }
@@ -669,6 +694,7 @@ impl FlagEngine {
             clock: Arc::new(SystemClock),
             sticky: Some(Arc::new(crate::sticky::MemoryStickyStore::default())),
             exposure: None,
+            memo: 50_000,
         }
     }
 
@@ -744,6 +770,7 @@ impl FlagEngine {
         Env {
             clock: &*self.inner.clock,
             sticky: self.inner.sticky.as_deref(),
+            memo: self.inner.memo.as_ref(),
         }
     }
 
@@ -816,6 +843,21 @@ impl FlagEngine {
         |v: &Value| v.as_f64(),
         |_b: bool| None
     );
+
+    /// The variant id a multivariate flag serves `ctx` (`None` when no
+    /// variant is served: unknown or inactive flag, targeting not matched, no
+    /// bucketing key, …). The id is shared with the flag set: no allocation
+    /// unless the flag tracks exposure.
+    pub fn variant(&self, key: &str, ctx: &EvaluationContext) -> Option<Arc<str>> {
+        let guard = self.inner.flags.load();
+        let (r, flag) = self.resolve_top(&guard, key, ctx);
+        if let Some(f) = flag
+            && f.def.track_exposure
+        {
+            self.expose(f, ctx, r.to_value(Value::Null), r.variant, r.reason);
+        }
+        r.variant.cloned()
+    }
 
     /// The flag's value as JSON (any type), or `default`. Clones the value.
     pub fn json_value(&self, key: &str, ctx: &EvaluationContext, default: Value) -> Value {

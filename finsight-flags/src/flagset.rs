@@ -23,7 +23,7 @@ pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct FlagSet {
     flags: Vec<CompiledFlag>,
-    index: HashMap<Box<str>, usize>,
+    index: HashMap<Box<str>, usize, quick_cache::DefaultHashBuilder>,
 }
 
 /// The result of loading flags: the good set plus one error per rejected flag.

@@ -88,6 +88,7 @@ mod error;
 mod eval;
 mod exposure;
 mod flagset;
+mod memo;
 mod model;
 #[cfg(feature = "openfeature")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openfeature")))]
@@ -118,3 +119,8 @@ pub use source::{FileSource, ReloadStatus, SourceWatcher};
 pub use sticky::{
     Assignment, MemoryStickyStore, OwnedStickyKey, PreloadFuture, StickyKey, StickyStore,
 };
+
+/// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

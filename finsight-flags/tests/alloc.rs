@@ -1,4 +1,4 @@
-//! A warm boolean evaluation does not touch the heap: counted with a
+//! A warm boolean evaluation (and a warm variant lookup) does not touch the heap: counted with a
 //! counting global allocator (`stats_alloc`). This binary holds this one test
 //! only, so no other test thread allocates while it counts.
 
@@ -20,7 +20,9 @@ const FLAGS: &str = r#"[
   {"key": "pct", "flag_type": "percentage", "status": "active", "default_value": false,
    "rollout_percentage": 30, "targeting_rules": [
      {"rule_type": "custom_attribute", "attribute": "country", "operator": "not_in", "values": ["fr"]}
-   ]}
+   ]},
+  {"key": "mv", "flag_type": "multivariate", "status": "active", "sticky_bucketing": true,
+   "variants": [{"id": "a", "value": "A", "weight": 30}, {"id": "b", "value": "B", "weight": 70}]}
 ]"#;
 
 #[test]
@@ -40,6 +42,7 @@ fn warm_boolean_evaluation_allocates_nothing() {
     for ctx in &contexts {
         warm_on += usize::from(engine.bool_value("checkout-v2", ctx, false));
         engine.bool_value("pct", ctx, false);
+        engine.variant("mv", ctx);
     }
     let region = Region::new(GLOBAL);
     let mut on = 0;
@@ -48,6 +51,7 @@ fn warm_boolean_evaluation_allocates_nothing() {
             on += usize::from(engine.bool_value("checkout-v2", ctx, false));
             on += usize::from(engine.is_enabled("pct", ctx));
             on += usize::from(engine.is_enabled("missing-flag", ctx));
+            on += usize::from(engine.variant("mv", ctx).is_some());
         }
     }
     let stats = region.change();
