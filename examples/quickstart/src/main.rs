@@ -5,6 +5,7 @@
 //! what it shows; `main` runs them in order.
 
 mod cache;
+mod flags;
 mod resilience;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -19,6 +20,7 @@ async fn main() -> Result {
         .init();
     // Each crate adds `mod <crate>;` above and `<crate>::run().await?;` here.
     cache::run().await?;
+    flags::run().await?;
     resilience::run().await?;
     Ok(())
 }
