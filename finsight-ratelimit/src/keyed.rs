@@ -132,12 +132,11 @@ impl<C: Clock> RateLimiter<C> {
             Direct::Atomic(a) => {
                 let mut cur = a.load(Ordering::Acquire);
                 loop {
-                    let (v, next) = self.policy.cell_decide(&Cell { a: cur, b: 0 }, now, cost);
-                    if !commit || !v.allowed || next.a == cur {
+                    let (v, next) = self.policy.gcra(cur, now, cost);
+                    if !commit || !v.allowed || next == cur {
                         return v;
                     }
-                    match a.compare_exchange_weak(cur, next.a, Ordering::AcqRel, Ordering::Acquire)
-                    {
+                    match a.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                         Ok(_) => return v,
                         Err(actual) => cur = actual,
                     }

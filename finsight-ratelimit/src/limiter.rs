@@ -71,7 +71,7 @@ impl Op {
 pub(crate) enum Backend {
     Memory,
     #[cfg(feature = "redis")]
-    Redis(crate::redis::RedisBackend),
+    Redis(Box<crate::redis::RedisBackend>),
 }
 
 struct WaitQueue {
@@ -199,7 +199,7 @@ impl LimiterBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(mut self, backend: crate::redis::RedisBackend) -> Self {
-        self.backend = Backend::Redis(backend);
+        self.backend = Backend::Redis(Box::new(backend));
         self
     }
 
@@ -397,8 +397,8 @@ impl Limiter {
     /// # Errors
     /// [`Error::InsufficientCapacity`] when a cost exceeds a rule's capacity;
     /// [`Error::StoreFull`] when a rule's store is full of active keys;
-    /// [`Error::Backend`]/[`Error::Timeout`] only never: a failing Redis is
-    /// handled by the configured [`FailureMode`](crate::FailureMode).
+    /// Redis failures are not errors: the Redis backend's failure mode decides
+    /// (the decision is marked [`fallback`](Decision::fallback)).
     pub async fn check(&self, req: &RequestInfo<'_>) -> Result<Decision> {
         self.run(req, Op::Consume).await
     }

@@ -6,6 +6,7 @@
 
 mod cache;
 mod flags;
+mod ratelimit;
 mod resilience;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -22,5 +23,6 @@ async fn main() -> Result {
     cache::run().await?;
     flags::run().await?;
     resilience::run().await?;
+    ratelimit::run().await?;
     Ok(())
 }
