@@ -200,20 +200,48 @@ async fn keys_carry_one_hash_tag_hold_no_raw_key_and_expire_when_idle() {
         assert!(!k.contains("sk_live_secret"));
         let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
         assert!(ttl > 0 && ttl <= 10_001, "{k} expires when idle, ttl {ttl}");
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(k)
-            .query_async(&mut c)
-            .await
-            .unwrap_or(-1);
-        let first: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(&keys[0])
-            .query_async(&mut c)
-            .await
-            .unwrap_or(-1);
-        assert_eq!(slot, first, "one hash slot");
+        assert_eq!(
+            key_slot(k),
+            key_slot(&keys[0]),
+            "one hash slot for every key of the limiter"
+        );
     }
+}
+
+/// Redis Cluster's slot of `key`: CRC16-XMODEM of the `{hash tag}` (or the
+/// whole key) mod 16384, as the cluster spec defines it.
+fn key_slot(key: &str) -> u16 {
+    let b = key.as_bytes();
+    let part = match b.iter().position(|&c| c == b'{') {
+        Some(open) => match b[open + 1..].iter().position(|&c| c == b'}') {
+            Some(len) if len > 0 => &b[open + 1..open + 1 + len],
+            _ => b,
+        },
+        None => b,
+    };
+    let mut crc: u16 = 0;
+    for &byte in part {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[test]
+fn key_slot_matches_the_cluster_spec() {
+    // Examples from the Redis Cluster specification.
+    assert_eq!(key_slot("123456789"), 0x31C3 % 16384);
+    assert_eq!(
+        key_slot("{user1000}.following"),
+        key_slot("{user1000}.followers")
+    );
+    assert_ne!(key_slot("a"), key_slot("b"));
 }
 
 /// A private `redis-server` on a free port: exact command statistics and a
