@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::clock::{Clock, TokioClock, nanos};
+use crate::clock::{AnyClock, Clock, TokioClock, nanos};
 use crate::error::{BreakerError, CircuitOpen, Error};
 
 /// The breaker's state.
@@ -399,8 +399,12 @@ impl CircuitBreakerBuilder {
                 open: self.open,
                 probes: u64::from(self.probes),
                 successes_to_close: u64::from(self.successes),
-                clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock::new())),
+                clock: match self.clock {
+                    Some(c) => AnyClock::Dyn(c),
+                    None => AnyClock::Tokio(TokioClock::new()),
+                },
                 needs_time,
+                fast_success: matches!(self.trip, Trip::Consecutive(_)) && self.slow.is_none(),
                 word: AtomicU64::new(pack(0, State::Closed, 0, 0)),
                 consecutive: AtomicU32::new(0),
                 open_until: AtomicU64::new(0),
@@ -554,8 +558,9 @@ struct Inner {
     open: OpenDuration,
     probes: u64,
     successes_to_close: u64,
-    clock: Arc<dyn Clock>,
+    clock: AnyClock,
     needs_time: bool,
+    fast_success: bool,
     word: AtomicU64,
     consecutive: AtomicU32,
     open_until: AtomicU64,
@@ -604,8 +609,23 @@ impl Inner {
         nanos(self.clock.now())
     }
 
-    #[inline]
+    /// Admission. The closed, untimed case is inlined into the caller: one
+    /// atomic load and a branch; everything else is out of line.
+    #[inline(always)]
     fn acquire(&self) -> Result<Ticket, CircuitOpen> {
+        let w = self.word.load(Ordering::Acquire);
+        if state_of(w) == State::Closed && !self.needs_time {
+            return Ok(Ticket {
+                gen_: gen_of(w),
+                kind: Kind::Closed,
+                start: 0,
+            });
+        }
+        self.acquire_slow()
+    }
+
+    #[inline(never)]
+    fn acquire_slow(&self) -> Result<Ticket, CircuitOpen> {
         loop {
             let w = self.word.load(Ordering::Acquire);
             match state_of(w) {
@@ -665,8 +685,22 @@ impl Inner {
         CircuitOpen::new(state, retry_after)
     }
 
-    #[inline]
+    /// Recording. A success in the closed state of consecutive mode (no
+    /// slow-call timing) is inlined: one `fetch_add` and one load.
+    #[inline(always)]
     fn record(&self, t: Ticket, outcome: Recorded) {
+        if self.fast_success && t.kind == Kind::Closed && outcome == Recorded::Success {
+            self.counters.successes.fetch_add(1, Ordering::Relaxed);
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        self.record_slow(t, outcome);
+    }
+
+    #[inline(never)]
+    fn record_slow(&self, t: Ticket, outcome: Recorded) {
         let c = &self.counters;
         match outcome {
             Recorded::Success => {
@@ -945,12 +979,12 @@ impl CircuitBreaker {
     /// [`BreakerError::Open`] when rejected, [`BreakerError::Inner`] with
     /// `f`'s error.
     #[inline]
-    pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, BreakerError<E>>
+    pub fn call<F, Fut, T, E>(&self, f: F) -> impl Future<Output = Result<T, BreakerError<E>>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.call_with(&DefaultClassifier, f).await
+        self.call_with(&DefaultClassifier, f)
     }
 
     /// Like [`call`](Self::call), with `classifier` deciding the outcome from
@@ -987,7 +1021,6 @@ impl CircuitBreaker {
         Ok(Permit {
             inner: &self.inner,
             ticket,
-            done: false,
         })
     }
 
@@ -1100,15 +1133,16 @@ impl CircuitBreaker {
 pub struct Permit<'a> {
     inner: &'a Inner,
     ticket: Ticket,
-    done: bool,
 }
 
 impl Permit<'_> {
     /// Records how the call ended.
     #[inline]
-    pub fn record(mut self, outcome: Outcome) {
-        self.done = true;
-        self.inner.record(self.ticket, outcome.into());
+    pub fn record(self, outcome: Outcome) {
+        let (inner, ticket) = (self.inner, self.ticket);
+        // Nothing to drop but the cancellation hook, which must not run.
+        std::mem::forget(self);
+        inner.record(ticket, outcome.into());
     }
 
     /// Whether this permit is a half-open probe.
@@ -1120,9 +1154,7 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     #[inline]
     fn drop(&mut self) {
-        if !self.done {
-            self.inner.record(self.ticket, Recorded::Cancelled);
-        }
+        self.inner.record(self.ticket, Recorded::Cancelled);
     }
 }
 

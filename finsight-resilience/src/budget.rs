@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::clock::{Clock, TokioClock, nanos};
+use crate::clock::{AnyClock, Clock, TokioClock, nanos};
 use crate::error::Error;
 
 const SLOTS: usize = 10;
@@ -39,7 +39,7 @@ struct Inner {
     reserve: i64,
     deposit: i64,
     withdraw: i64,
-    clock: Arc<dyn Clock>,
+    clock: AnyClock,
 }
 
 impl fmt::Debug for RetryBudget {
@@ -57,7 +57,7 @@ impl Default for RetryBudget {
             Duration::from_secs(10),
             10,
             0.2,
-            Arc::new(TokioClock::new()),
+            AnyClock::Tokio(TokioClock::new()),
         )
     }
 }
@@ -70,7 +70,26 @@ impl RetryBudget {
     /// [`Error::InvalidConfig`] for a ttl outside 1..=60 s or a ratio outside
     /// 0.0..=1000.0.
     pub fn new(ttl: Duration, min_per_sec: u32, ratio: f64) -> Result<Self, Error> {
-        Self::with_clock(ttl, min_per_sec, ratio, TokioClock::new())
+        Self::validate(ttl, ratio)?;
+        Ok(Self::build(
+            ttl,
+            min_per_sec,
+            ratio,
+            AnyClock::Tokio(TokioClock::new()),
+        ))
+    }
+
+    fn validate(ttl: Duration, ratio: f64) -> Result<(), Error> {
+        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
+            return Err(Error::config("retry budget ttl", "must be within 1..=60 s"));
+        }
+        if !(0.0..=1000.0).contains(&ratio) {
+            return Err(Error::config(
+                "retry budget ratio",
+                "must be within 0.0..=1000.0",
+            ));
+        }
+        Ok(())
     }
 
     /// Like [`new`](Self::new), on the given clock.
@@ -83,19 +102,16 @@ impl RetryBudget {
         ratio: f64,
         clock: impl Clock,
     ) -> Result<Self, Error> {
-        if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(60) {
-            return Err(Error::config("retry budget ttl", "must be within 1..=60 s"));
-        }
-        if !(0.0..=1000.0).contains(&ratio) {
-            return Err(Error::config(
-                "retry budget ratio",
-                "must be within 0.0..=1000.0",
-            ));
-        }
-        Ok(Self::build(ttl, min_per_sec, ratio, Arc::new(clock)))
+        Self::validate(ttl, ratio)?;
+        Ok(Self::build(
+            ttl,
+            min_per_sec,
+            ratio,
+            AnyClock::Dyn(Arc::new(clock)),
+        ))
     }
 
-    fn build(ttl: Duration, min_per_sec: u32, ratio: f64, clock: Arc<dyn Clock>) -> Self {
+    fn build(ttl: Duration, min_per_sec: u32, ratio: f64, clock: AnyClock) -> Self {
         // Units: one retry = UNIT; one call deposits ratio * UNIT.
         let deposit = (ratio * UNIT as f64).round() as i64;
         let reserve = i64::from(min_per_sec)

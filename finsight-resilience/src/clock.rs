@@ -91,3 +91,21 @@ impl Clock for ManualClock {
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// The clock a breaker holds: the default [`TokioClock`] without dynamic
+/// dispatch, or any other clock behind an `Arc<dyn Clock>`.
+#[derive(Debug, Clone)]
+pub(crate) enum AnyClock {
+    Tokio(TokioClock),
+    Dyn(Arc<dyn Clock>),
+}
+
+impl AnyClock {
+    #[inline]
+    pub(crate) fn now(&self) -> Duration {
+        match self {
+            Self::Tokio(c) => c.now(),
+            Self::Dyn(c) => c.now(),
+        }
+    }
+}
