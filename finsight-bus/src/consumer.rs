@@ -473,7 +473,7 @@ async fn run_handler(shared: &Shared, route: &Route, ctx: &Context) -> Option<(S
         }
         inc(&shared.stats.retries);
         let wait = shared.retry.backoff(n);
-        warn!(handler = %route.name, attempt = n, %reason, retry_in = ?wait, "handler failed; retrying");
+        tracing::info!(handler = %route.name, attempt = n, %reason, retry_in = ?wait, "handler failed; retrying");
         tokio::time::sleep(wait).await;
     }
     Some(("handler-failed".to_owned(), max))

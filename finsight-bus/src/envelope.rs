@@ -112,9 +112,10 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
 
 impl Envelope {
     /// An envelope for `payload` serialised as JSON, with a new random message
-    /// id (UUID v4), a new correlation id, and the current time.
+    /// id (UUID v4), the correlation id equal to it (a new chain), and the
+    /// current time.
     ///
-    /// Costs one serialisation and two UUIDs.
+    /// Costs one serialisation and one UUID (thread-local RNG).
     ///
     /// # Errors
     /// [`Error::Payload`] when `payload` cannot be serialised.
@@ -141,12 +142,13 @@ impl Envelope {
     }
 
     fn from_json_bytes_unchecked(event_type: String, payload: Bytes) -> Self {
+        // A new chain: the correlation id starts as the message id.
         let id = new_id();
         Self {
             event_type,
             payload,
             correlation_id: id.clone(),
-            message_id: new_id(),
+            message_id: id,
             timestamp: Utc::now(),
             causation_id: None,
             routing_key: None,

@@ -75,6 +75,10 @@ pub struct RedisStreamsConfig {
     pub delivery_limit: u32,
     /// Publishes in flight at most (default 256).
     pub publish_window: usize,
+    /// How long a publisher reuses the bindings it read for an exchange
+    /// before reading them again (default 1 s): bindings declared by other
+    /// processes become visible within this time.
+    pub binding_refresh: Duration,
 }
 
 impl RedisStreamsConfig {
@@ -90,6 +94,7 @@ impl RedisStreamsConfig {
             claim_interval: Duration::from_secs(5),
             delivery_limit: 5,
             publish_window: 256,
+            binding_refresh: Duration::from_secs(1),
         }
     }
 }
@@ -118,6 +123,17 @@ struct Inner {
     writer: mpsc::Sender<Write>,
     unconfirmed: AtomicU64,
     redeclares: AtomicU64,
+    /// Bindings per exchange, re-read after `binding_refresh`; one entry per
+    /// exchange published to.
+    bindings: parking_lot::Mutex<HashMap<String, Bindings>>,
+}
+
+#[derive(Clone)]
+struct Bindings {
+    read_at: tokio::time::Instant,
+    kind: ExchangeKind,
+    /// (pattern, stream key)
+    routes: Arc<Vec<(String, String)>>,
 }
 
 struct Write {
@@ -165,6 +181,7 @@ impl RedisStreams {
             writer: tx,
             unconfirmed: AtomicU64::new(0),
             redeclares: AtomicU64::new(0),
+            bindings: parking_lot::Mutex::new(HashMap::new()),
         });
         tokio::spawn(writer(
             conn,
@@ -269,6 +286,28 @@ impl RedisStreams {
     }
 
     async fn routes(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>> {
+        let cached = self.inner.bindings.lock().get(exchange).cloned();
+        let b = match cached {
+            Some(b) if b.read_at.elapsed() < self.inner.config.binding_refresh => b,
+            _ => {
+                let b = self.read_bindings(exchange).await?;
+                self.inner
+                    .bindings
+                    .lock()
+                    .insert(exchange.to_owned(), b.clone());
+                b
+            }
+        };
+        let mut out: Vec<String> = Vec::new();
+        for (pattern, stream) in b.routes.iter() {
+            if b.kind.matches(pattern, routing_key) && !out.contains(stream) {
+                out.push(stream.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_bindings(&self, exchange: &str) -> Result<Bindings> {
         let mut c = self.inner.conn.clone();
         let kind: Option<String> = c
             .hget(self.key("x", exchange), "kind")
@@ -288,7 +327,7 @@ impl RedisStreams {
                     .is_some_and(|t| t.exchange_named(exchange).is_some());
                 if known {
                     self.ensure_declared().await?;
-                    return Box::pin(self.routes(exchange, routing_key)).await;
+                    return Box::pin(self.read_bindings(exchange)).await;
                 }
                 return Err(Error::NotDeclared {
                     kind: "exchange",
@@ -300,16 +339,16 @@ impl RedisStreams {
             .smembers(self.key("b", exchange))
             .await
             .map_err(|e| lost("SMEMBERS", &e))?;
-        let mut out: Vec<String> = Vec::new();
-        for m in members {
-            if let Some((pattern, queue)) = m.split_once('\n') {
-                let s = self.stream(queue);
-                if kind.matches(pattern, routing_key) && !out.contains(&s) {
-                    out.push(s);
-                }
-            }
-        }
-        Ok(out)
+        let routes = members
+            .iter()
+            .filter_map(|m| m.split_once('\n'))
+            .map(|(p, q)| (p.to_owned(), self.stream(q)))
+            .collect();
+        Ok(Bindings {
+            read_at: tokio::time::Instant::now(),
+            kind,
+            routes: Arc::new(routes),
+        })
     }
 
     async fn publish_routed(
@@ -493,6 +532,7 @@ impl Transport for RedisStreams {
         Box::pin(async move {
             self.declare_topology(topology).await?;
             *self.inner.topology.lock() = Some(topology.clone());
+            self.inner.bindings.lock().clear();
             Ok(())
         })
     }
