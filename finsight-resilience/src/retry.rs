@@ -291,6 +291,7 @@ pub(crate) struct Progress {
     retries: u32,
     rejections: u32,
     previous: Duration,
+    deposited: bool,
 }
 
 impl Progress {
@@ -451,10 +452,13 @@ impl Retry {
     /// first attempt, withdraws for a retry.
     pub(crate) fn next(&self, p: &mut Progress, action: RetryAction, elapsed: Duration) -> Next {
         let cfg = &*self.inner;
-        if p.attempts == 1
-            && p.rejections == 0
+        // One deposit per logical call, when its first attempt reached the
+        // operation (a breaker rejection is not a call).
+        if !p.deposited
+            && !matches!(action, RetryAction::CircuitOpen(_))
             && let Some(b) = &cfg.budget
         {
+            p.deposited = true;
             b.deposit();
         }
         let (hint, open) = match action {

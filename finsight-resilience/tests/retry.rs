@@ -463,3 +463,29 @@ fn bad_retry_settings_are_rejected() {
     assert!(RetryBudget::new(Duration::from_millis(10), 1, 0.2).is_err());
     assert!(RetryBudget::new(Duration::from_secs(1), 1, -1.0).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_first_rejected_by_the_breaker_still_deposits_once() {
+    let clock = ManualClock::new();
+    let budget = RetryBudget::with_clock(Duration::from_secs(10), 0, 1.0, clock).unwrap();
+    let b = CircuitBreaker::builder("dep")
+        .consecutive_failures(1)
+        .open_duration(finsight_resilience::OpenDuration::Fixed(
+            Duration::from_secs(1),
+        ))
+        .build()
+        .unwrap();
+    b.call(|| async { Err::<(), _>(()) }).await.unwrap_err();
+    let retry = Retry::builder().budget(budget.clone()).build().unwrap();
+    let r = retry
+        .run_through(&b, &finsight_resilience::RetryOnError, || async {
+            Ok::<_, ()>(1)
+        })
+        .await;
+    assert_eq!(r.unwrap(), 1);
+    assert_eq!(
+        budget.balance(),
+        1,
+        "one deposit for the call, none for the rejection"
+    );
+}
