@@ -134,7 +134,9 @@ impl<T, E> Classifier<T, E> for DefaultClassifier {
     }
 }
 
-/// The sliding window of rate mode.
+/// The sliding window of rate mode. Recording into either kind takes the
+/// window's lock once per call; a time window also reads the clock at the
+/// start and end of every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {
     /// The last `n` recorded calls (a ring of `n` bytes).
