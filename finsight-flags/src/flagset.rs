@@ -356,6 +356,10 @@ fn split_document(json: &str) -> Result<Vec<&RawValue>, Error> {
 type ParseFailure = (Option<String>, String, String);
 
 fn parse_one(raw: &str) -> Result<FlagDefinition, ParseFailure> {
+    // Fast path; the path-tracking deserializer only runs to explain a failure.
+    if let Ok(def) = serde_json::from_str::<FlagDefinition>(raw) {
+        return Ok(def);
+    }
     let mut de = serde_json::Deserializer::from_str(raw);
     match serde_path_to_error::deserialize::<_, FlagDefinition>(&mut de) {
         Ok(def) => Ok(def),

@@ -7,34 +7,56 @@ use std::sync::Arc;
 use crate::bucket;
 use crate::context::Unit;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct MemoKey {
     flag: Arc<str>,
     tenant: bool,
     id: Box<str>,
 }
 
+// The flag is identified by the address of its key's `Arc<str>` (held by
+// the entry, so the address cannot be reused while the entry lives): hashing
+// a pointer is cheaper than hashing the key. After a reload the flag has a
+// new `Arc` and its units miss once; old entries age out.
+impl PartialEq for MemoKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.tenant == other.tenant && Arc::ptr_eq(&self.flag, &other.flag) && self.id == other.id
+    }
+}
+
+impl Eq for MemoKey {}
+
 impl Hash for MemoKey {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        (&*self.flag, self.tenant, &*self.id).hash(h);
+        (
+            Arc::as_ptr(&self.flag).cast::<u8>() as usize,
+            self.tenant,
+            &*self.id,
+        )
+            .hash(h);
     }
 }
 
 struct MemoRef<'a> {
-    flag: &'a str,
+    flag: &'a Arc<str>,
     tenant: bool,
     id: &'a str,
 }
 
 impl Hash for MemoRef<'_> {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        (self.flag, self.tenant, self.id).hash(h);
+        (
+            Arc::as_ptr(self.flag).cast::<u8>() as usize,
+            self.tenant,
+            self.id,
+        )
+            .hash(h);
     }
 }
 
 impl Equivalent<MemoKey> for MemoRef<'_> {
     fn equivalent(&self, key: &MemoKey) -> bool {
-        self.tenant == key.tenant && self.id == &*key.id && self.flag == &*key.flag
+        self.tenant == key.tenant && Arc::ptr_eq(self.flag, &key.flag) && self.id == &*key.id
     }
 }
 
@@ -73,5 +95,33 @@ impl BucketMemo {
             d,
         );
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_returns_the_md5_digest_for_every_flag_and_unit() {
+        let memo = BucketMemo::new(64);
+        let a: Arc<str> = Arc::from("flag-a");
+        let a2: Arc<str> = Arc::from("flag-a"); // same key, another set
+        let b: Arc<str> = Arc::from("flag-b");
+        for round in 0..3 {
+            for i in 0..100 {
+                let id = format!("user-{i}");
+                for unit in [Unit::User(&id), Unit::Tenant(&id)] {
+                    for f in [&a, &a2, &b] {
+                        assert_eq!(
+                            memo.digest(f, unit),
+                            bucket::digest(f, unit),
+                            "round {round}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(memo.cache.len() <= 64);
     }
 }
