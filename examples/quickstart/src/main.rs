@@ -4,6 +4,7 @@
 //! Each crate's part is one module here with an `async fn run()` that prints
 //! what it shows; `main` runs them in order.
 
+mod bus;
 mod cache;
 mod flags;
 mod ratelimit;
@@ -20,6 +21,7 @@ async fn main() -> Result {
         )
         .init();
     // Each crate adds `mod <crate>;` above and `<crate>::run().await?;` here.
+    bus::run().await?;
     cache::run().await?;
     flags::run().await?;
     resilience::run().await?;
