@@ -86,6 +86,65 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock read with one atomic load (about 1 ns instead of a
+/// `clock_gettime`), advanced by a tokio task every `resolution`.
+///
+/// For breakers that reject at very high rates: an open breaker reads the
+/// clock on every rejection, and on some machines (VMs especially) the
+/// system clock costs 20–50 ns. A reading is up to `resolution` behind real
+/// time (plus any delay of the tokio runtime in running the task), so
+/// durations measured with it — the open duration, a rejection's
+/// `retry_after`, slow-call times — are accurate to ± one resolution: pick a
+/// resolution small next to them (1 ms for second-scale open durations).
+/// Follows tokio's paused test clock. The task stops when the last clone of
+/// the clock is dropped. Memory: one `Arc<AtomicU64>` and one task.
+#[derive(Debug, Clone)]
+pub struct CoarseClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl CoarseClock {
+    /// Starts the ticking task on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) outside a tokio
+    /// runtime or for a zero resolution.
+    pub fn start(resolution: Duration) -> Result<Self, crate::Error> {
+        if resolution.is_zero() {
+            return Err(crate::Error::config(
+                "CoarseClock resolution",
+                "must be non-zero, e.g. 1 ms",
+            ));
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            crate::Error::config(
+                "CoarseClock",
+                "must be started inside a tokio runtime (it spawns its ticking task there)",
+            )
+        })?;
+        let shared = Arc::new(AtomicU64::new(0));
+        let weak = Arc::downgrade(&shared);
+        let origin = tokio::time::Instant::now();
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(resolution);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(n) = weak.upgrade() else { break };
+                n.fetch_max(nanos(origin.elapsed()), Ordering::AcqRel);
+            }
+        });
+        Ok(Self { nanos: shared })
+    }
+}
+
+impl Clock for CoarseClock {
+    #[inline]
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+}
+
 /// Converts a duration to saturating nanoseconds.
 #[inline]
 pub(crate) fn nanos(d: Duration) -> u64 {

@@ -66,7 +66,9 @@
 //! A call through a closed breaker in consecutive mode is one atomic load
 //! before and one `fetch_add` (plus one load) after: no lock, no allocation
 //! (a counting-allocator test checks the closure API). A rejection reads
-//! the clock and bumps one counter. Transitions take a mutex. Rate mode adds
+//! the clock (so that `retry_after` is exact and the breaker half-opens on
+//! time without a timer task) and bumps one counter; with a [`CoarseClock`]
+//! that read is one atomic load. Transitions take a mutex. Rate mode adds
 //! one short lock per call to record into the window. A retry whose first
 //! attempt succeeds allocates nothing and takes no lock.
 //!
@@ -74,7 +76,9 @@
 //!
 //! Breakers and budgets read time through the [`Clock`] trait: the default
 //! [`TokioClock`] follows tokio's paused test clock; [`ManualClock`] moves
-//! only when told. Retry and fault injection sleep with `tokio::time` and
+//! only when told; [`CoarseClock`] is read with one atomic load (ticked by a
+//! tokio task, accurate to its resolution) for breakers that reject at very
+//! high rates, where the system clock read dominates a rejection. Retry and fault injection sleep with `tokio::time` and
 //! draw jitter from a seedable RNG, so tests under
 //! `#[tokio::test(start_paused = true)]` are deterministic. Sleeping (retry
 //! waits, injected latency, health timeouts, a retry deadline) needs a
@@ -127,7 +131,7 @@ pub use budget::RetryBudget;
 #[cfg(feature = "tower-builder")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-builder")))]
 pub use builder::ServiceBuilderExt;
-pub use clock::{Clock, ManualClock, TokioClock};
+pub use clock::{Clock, CoarseClock, ManualClock, TokioClock};
 pub use error::{
     BoxError, BreakerError, CircuitOpen, DeadlineExceeded, Error, RetryError, StopReason,
 };

@@ -524,3 +524,48 @@ async fn the_default_clock_follows_tokio_paused_time() {
     succeed(&b).await.unwrap();
     assert_eq!(b.state(), State::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_coarse_clock_is_accurate_to_one_resolution() {
+    use finsight_resilience::CoarseClock;
+    let res = Duration::from_millis(100);
+    let clock = CoarseClock::start(res).unwrap();
+    let b = CircuitBreaker::builder("coarse")
+        .consecutive_failures(1)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(2)))
+        .clock(clock)
+        .build()
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    fail(&b).await.unwrap_err();
+    let opened_at = t0.elapsed();
+    let reported = succeed(&b)
+        .await
+        .unwrap_err()
+        .as_open()
+        .unwrap()
+        .retry_after()
+        .unwrap();
+    assert!(
+        reported + res >= Duration::from_secs(2) && reported <= Duration::from_secs(2) + res,
+        "{reported:?}"
+    );
+    // One resolution before the open duration: still open.
+    tokio::time::sleep_until(
+        t0 + opened_at + Duration::from_secs(2) - res - Duration::from_millis(1),
+    )
+    .await;
+    assert!(succeed(&b).await.is_err());
+    // One resolution after it: it has probed and closed.
+    tokio::time::sleep_until(t0 + opened_at + Duration::from_secs(2) + res).await;
+    succeed(&b).await.unwrap();
+    assert_eq!(b.state(), State::Closed);
+    assert!(CoarseClock::start(Duration::ZERO).is_err());
+}
+
+#[test]
+fn a_coarse_clock_needs_a_runtime() {
+    let e = finsight_resilience::CoarseClock::start(Duration::from_millis(1)).unwrap_err();
+    assert!(e.to_string().contains("tokio runtime"), "{e}");
+}
