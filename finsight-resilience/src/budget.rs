@@ -143,7 +143,9 @@ impl RetryBudget {
     }
 
     /// Takes one retry from the budget; `false` (and nothing taken) if the
-    /// balance is below one retry.
+    /// balance is below one retry. The check and the withdrawal are two
+    /// atomic steps, so simultaneous withdrawals may overdraw by at most one
+    /// retry each (as tower's `TpsBudget`).
     pub fn try_withdraw(&self) -> bool {
         let i = &self.inner;
         i.expire();
