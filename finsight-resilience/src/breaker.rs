@@ -19,8 +19,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -392,7 +392,6 @@ impl CircuitBreakerBuilder {
         };
         let needs_time =
             self.slow.is_some() || matches!(window_kind(&self.trip), Some(Window::Time { .. }));
-        let (events, _) = broadcast::channel(self.events);
         CircuitBreaker {
             inner: Arc::new(Inner {
                 name: Arc::from(self.name),
@@ -414,7 +413,8 @@ impl CircuitBreakerBuilder {
                 counters: Counters::default(),
                 window,
                 transition: Mutex::new(()),
-                events,
+                events: OnceLock::new(),
+                event_capacity: self.events,
             }),
         }
     }
@@ -570,7 +570,10 @@ struct Inner {
     counters: Counters,
     window: Option<Mutex<RateWindow>>,
     transition: Mutex<()>,
-    events: broadcast::Sender<StateChange>,
+    /// Created by the first `subscribe()`: breakers nobody watches (most of
+    /// a registry's) carry no event buffer.
+    events: OnceLock<broadcast::Sender<StateChange>>,
+    event_capacity: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -899,13 +902,15 @@ impl Inner {
                 "circuit breaker state changed"
             ),
         }
-        let _ = self.events.send(StateChange {
-            name: self.name.clone(),
-            from,
-            to,
-            reason,
-            at: Duration::from_nanos(now),
-        });
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send(StateChange {
+                name: self.name.clone(),
+                from,
+                to,
+                reason,
+                at: Duration::from_nanos(now),
+            });
+        }
         true
     }
 
@@ -940,8 +945,9 @@ impl Inner {
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
 ///
 /// Memory: a fixed ~300 bytes, plus the rate window (1 byte per call of a
-/// count window, 24 bytes per bucket of a time window) and the event buffer
-/// (`event_capacity` events).
+/// count window, 24 bytes per bucket of a time window) and, once someone has
+/// called [`subscribe`](Self::subscribe), the event buffer (`event_capacity`
+/// slots of about 100 bytes).
 #[derive(Clone)]
 pub struct CircuitBreaker {
     inner: Arc<Inner>,
@@ -1077,9 +1083,13 @@ impl CircuitBreaker {
 
     /// A receiver of every later state change. Bounded by the builder's
     /// `event_capacity`; a slow receiver gets `RecvError::Lagged(n)` and
-    /// loses the `n` oldest events. No cost while nobody subscribes.
+    /// loses the `n` oldest events. The first call allocates the buffer;
+    /// events before it are not kept. No cost while nobody subscribes.
     pub fn subscribe(&self) -> broadcast::Receiver<StateChange> {
-        self.inner.events.subscribe()
+        self.inner
+            .events
+            .get_or_init(|| broadcast::channel(self.inner.event_capacity).0)
+            .subscribe()
     }
 
     /// A snapshot of the counters (relaxed atomic loads; in rate mode it also
