@@ -302,3 +302,42 @@ fn services_and_errors_are_send_sync_and_clone() {
     clone::<finsight_resilience::RetryService<mock::Mock<u8, u8>>>();
     clone::<finsight_resilience::FaultService<mock::Mock<u8, u8>>>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_layer_gives_up_on_an_open_breaker_when_told_and_retries_chosen_ok_responses() {
+    use finsight_resilience::{OnCircuitOpen, RetryAction};
+    let b = CircuitBreaker::builder("dep").build().unwrap();
+    b.force_open();
+    let give_up = Retry::builder()
+        .on_circuit_open(OnCircuitOpen::GiveUp)
+        .build()
+        .unwrap();
+    let (mock, mut handle) = mock::pair::<u8, u16>();
+    let mut svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(give_up))
+        .layer(CircuitBreakerLayer::new(b.clone()))
+        .service(mock);
+    let t0 = Instant::now();
+    let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<CircuitOpen>().map(|o| o.state()),
+        Some(State::ForcedOpen)
+    );
+    assert_eq!(t0.elapsed(), Duration::ZERO, "no waiting");
+    assert!(handle.poll_request().is_pending());
+
+    // A classifier over the response: 503 is retried, 200 returned.
+    let layer = RetryLayer::new(retry(3)).classifier(|r: &Result<u16, BoxError>| match r {
+        Ok(503) => RetryAction::Retry,
+        Ok(_) => RetryAction::Return,
+        Err(_) => RetryAction::Retry,
+    });
+    let (mut svc, mut handle) = mock::spawn_layer::<u8, u16, _>(layer);
+    assert!(svc.poll_ready().is_ready());
+    let fut = tokio::spawn(svc.call(1));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(503);
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(200);
+    assert_eq!(fut.await.unwrap().unwrap(), 200);
+}
