@@ -212,6 +212,11 @@ impl FlagSet {
     /// [`Error::Document`] when the text is not JSON or has neither shape;
     /// then nothing is loaded.
     pub fn from_json(json: &str) -> Result<LoadReport, Error> {
+        // Fast path: one pass when every flag deserializes; otherwise split the
+        // document and deserialize each flag on its own to name the bad ones.
+        if let Some(defs) = parse_all(json) {
+            return Ok(Self::from_definitions(defs));
+        }
         let raws = split_document(json)?;
         Ok(Self::from_raw(raws.iter().map(|r| r.get()), None))
     }
@@ -338,6 +343,21 @@ impl FlagSet {
     }
 }
 
+#[derive(Deserialize)]
+struct WrappedDefs {
+    flags: Vec<FlagDefinition>,
+}
+
+fn parse_all(json: &str) -> Option<Vec<FlagDefinition>> {
+    match json.trim_start().as_bytes().first() {
+        Some(b'[') => serde_json::from_str::<Vec<FlagDefinition>>(json).ok(),
+        Some(b'{') => serde_json::from_str::<WrappedDefs>(json)
+            .ok()
+            .map(|w| w.flags),
+        _ => None,
+    }
+}
+
 fn split_document(json: &str) -> Result<Vec<&RawValue>, Error> {
     let doc_err = |e: serde_json::Error| Error::Document {
         message: e.to_string(),
@@ -380,8 +400,7 @@ fn parse_one(raw: &str) -> Result<FlagDefinition, ParseFailure> {
 
 fn compile(def: FlagDefinition) -> Result<CompiledFlag, Vec<FlagError>> {
     let mut errs = Vec::new();
-    let key = def.key.clone();
-    let err = |field: String, msg: String| FlagError::new(key.clone(), field, msg);
+    let err = |field: String, msg: String| FlagError::new(def.key.clone(), field, msg);
 
     let rollout = match u8::try_from(def.rollout_percentage) {
         Ok(r) if r <= 100 => r,
@@ -441,7 +460,7 @@ fn compile(def: FlagDefinition) -> Result<CompiledFlag, Vec<FlagError>> {
     }
 
     if def.flag_type == FlagType::Multivariate && def.variants.is_empty() {
-        tracing::debug!(flag = %key, "multivariate flag without variants serves no_variants_defined");
+        tracing::debug!(flag = %def.key, "multivariate flag without variants serves no_variants_defined");
     }
 
     if !errs.is_empty() {
@@ -582,6 +601,9 @@ fn resolve_prerequisites(
     mut flags: Vec<CompiledFlag>,
     errors: &mut Vec<FlagError>,
 ) -> Vec<CompiledFlag> {
+    if flags.iter().all(|f| f.def.prerequisites.is_empty()) {
+        return flags;
+    }
     // Drop flags whose prerequisites are missing (or were rejected), until stable.
     loop {
         let keys: HashMap<&str, ()> = flags.iter().map(|f| (f.def.key.as_str(), ())).collect();
