@@ -26,6 +26,22 @@ use crate::stats::{Counters, Stats, inc};
 type FlightResult<V> = std::result::Result<Option<V>, Arc<BoxError>>;
 type Flight<V> = Shared<BoxFuture<'static, FlightResult<V>>>;
 
+/// Which clock decides whether an L1 entry is fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Clock {
+    /// Real time (the default). An entry without a stale window or a refresh
+    /// trigger is fresh exactly as long as moka keeps it (its per-entry
+    /// expiry is set to the fresh span), so such a hit reads no clock at all;
+    /// other entries read `tokio::time::Instant::now()` once.
+    #[default]
+    System,
+    /// `tokio::time::Instant` on every hit, so tests on tokio's paused clock
+    /// (`start_paused`, `tokio::time::advance`) see entries expire, refresh
+    /// and go stale. Costs one clock read per hit.
+    Tokio,
+}
+
 /// What a value type needs: JSON both ways (the wire format), cheap enough to
 /// clone (a hit returns a clone; wrap large values in `Arc`), shareable.
 pub trait Value: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
@@ -73,6 +89,8 @@ pub(crate) struct Inner<V: Value> {
     next_flight: AtomicU64,
     pub(crate) counters: Arc<Counters>,
     rng: Mutex<SmallRng>,
+    /// `Clock::System`: fast entries are fresh while moka returns them.
+    trust_moka_expiry: bool,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<crate::redis::L2>,
 }
@@ -82,6 +100,7 @@ pub(crate) struct Inner<V: Value> {
 pub struct CacheBuilder<V: Value> {
     cfg: CacheConfig,
     seed: Option<u64>,
+    clock: Clock,
     #[cfg(feature = "redis")]
     redis: Option<crate::redis::RedisOptions>,
     _v: PhantomData<fn() -> V>,
@@ -96,6 +115,13 @@ impl<V: Value> std::fmt::Debug for CacheBuilder<V> {
 }
 
 impl<V: Value> CacheBuilder<V> {
+    /// Chooses the clock that decides freshness (default [`Clock::System`];
+    /// tests on tokio's paused clock use [`Clock::Tokio`]).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Seeds the random source of TTL jitter and early refresh (tests).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -153,6 +179,7 @@ impl<V: Value> CacheBuilder<V> {
             next_flight: AtomicU64::new(0),
             counters,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            trust_moka_expiry: self.clock == Clock::System,
             #[cfg(feature = "redis")]
             l2,
         });
@@ -170,6 +197,7 @@ impl<V: Value> Cache<V> {
         CacheBuilder {
             cfg: config,
             seed: None,
+            clock: Clock::System,
             #[cfg(feature = "redis")]
             redis: None,
             _v: PhantomData,
@@ -217,11 +245,10 @@ impl<V: Value> Cache<V> {
     /// None today; the `Result` leaves room for strict modes.
     pub async fn get(&self, key: &str) -> Result<Option<V>> {
         let inner = &self.inner;
-        let now = Instant::now();
         let mut stale = None;
         if let Some(l1) = &inner.l1 {
             if let Some(e) = l1.get(key).await {
-                if now < e.fresh_until {
+                if (inner.trust_moka_expiry && e.fast) || Instant::now() < e.fresh_until {
                     return Ok(inner.hit(e));
                 }
                 stale = Some(e);
@@ -234,7 +261,7 @@ impl<V: Value> Cache<V> {
         match Box::pin(inner.fill_from_l2(key, token, None)).await {
             L2Read::Hit(v) => Ok(Some(v)),
             L2Read::Miss => Ok(None),
-            L2Read::Failed => Ok(inner.stale_if_error(stale.as_ref(), now)),
+            L2Read::Failed => Ok(inner.stale_if_error(stale.as_ref(), Instant::now())),
         }
     }
 
@@ -339,11 +366,14 @@ impl<V: Value> Cache<V> {
         E: Into<BoxError> + Send + 'static,
     {
         let inner = &self.inner;
-        let now = Instant::now();
         let mut stale = None;
         let mut loader = Some(loader);
         if let Some(l1) = &inner.l1 {
             if let Some(e) = l1.get(key).await {
+                if inner.trust_moka_expiry && e.fast {
+                    return Ok(inner.hit(e));
+                }
+                let now = Instant::now();
                 if now < e.fresh_until {
                     if e.value.is_some()
                         && inner.should_refresh(&e, now)
@@ -375,7 +405,7 @@ impl<V: Value> Cache<V> {
         inner.finish_flight(key, id);
         match result {
             Ok(v) => Ok(v),
-            Err(source) => match inner.stale_if_error(stale.as_ref(), now) {
+            Err(source) => match inner.stale_if_error(stale.as_ref(), Instant::now()) {
                 Some(v) => Ok(Some(v)),
                 None => Err(Error::Load {
                     cache: inner.cfg.name.clone(),
@@ -545,6 +575,7 @@ impl<V: Value> Inner<V> {
             delta,
             weight,
             physical_ttl: fresh + stale,
+            fast: stale.is_zero() && refresh_at.is_none() && self.cfg.early_refresh_beta.is_none(),
         };
         l1.insert(key.to_owned(), entry).await;
         if !self.gens.is_valid(token) {

@@ -26,6 +26,8 @@ pub(crate) struct Entry<V> {
     pub(crate) weight: u32,
     /// Real-time span after which moka drops the entry.
     pub(crate) physical_ttl: Duration,
+    /// No stale window and no refresh trigger: fresh exactly while moka keeps it.
+    pub(crate) fast: bool,
 }
 
 pub(crate) struct EntryExpiry;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use finsight_cache::{Cache, CacheConfig, Capacity, Error, Layers};
+use finsight_cache::{Cache, CacheConfig, Capacity, Clock, Error, Layers};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::{advance, sleep};
@@ -27,7 +27,12 @@ fn cfg(ttl_secs: u64) -> CacheConfig {
 }
 
 async fn cache(c: CacheConfig) -> Cache<Quote> {
-    Cache::builder(c).seed(7).build().await.unwrap()
+    Cache::builder(c)
+        .seed(7)
+        .clock(Clock::Tokio)
+        .build()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -370,4 +375,50 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<Cache<Quote>>();
     assert_send_sync::<Error>();
     assert_send_sync::<CacheConfig>();
+}
+
+#[tokio::test]
+async fn system_clock_entries_expire_with_moka_expiry() {
+    // Default clock: a fast hit reads no clock; moka's per-entry expiry is the TTL.
+    let c: Cache<Quote> = Cache::in_memory(
+        CacheConfig::new("sys", "sys:", Duration::from_millis(150)).with_layers(Layers::L1),
+    )
+    .await
+    .unwrap();
+    c.set("k", &q("K", 1.0)).await.unwrap();
+    assert_eq!(c.get("k").await.unwrap(), Some(q("K", 1.0)));
+    let mut expired = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if c.get("k").await.unwrap().is_none() {
+            expired = true;
+            break;
+        }
+    }
+    assert!(
+        expired,
+        "entry expired (bounded wait: 2 s for a 150 ms TTL)"
+    );
+    // A negative entry expires the same way.
+    let c: Cache<Quote> = Cache::in_memory(cfg(60).with_negative_ttl(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let k = Arc::clone(&calls);
+        c.get_or_load("none", move || async move {
+            k.fetch_add(1, SeqCst);
+            Ok::<Option<Quote>, std::io::Error>(None)
+        })
+        .await
+        .unwrap();
+        if calls.load(SeqCst) == 2 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "negative entry expired and the loader ran again");
+    assert!(c.stats().l1.negative_hits >= 1);
 }
