@@ -353,7 +353,20 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
                 d = sub.next(), if inflight.len() < shared.concurrency => match d {
                     Some(Ok(d)) => {
                         inflight.push(process(shared.clone(), d));
-                        Step::Nothing
+                        // Take what is already there without another round
+                        // through select (one wake-up, many deliveries).
+                        let mut step = Step::Nothing;
+                        while inflight.len() < shared.concurrency {
+                            match sub.next().now_or_never() {
+                                None => break,
+                                Some(Some(Ok(d))) => inflight.push(process(shared.clone(), d)),
+                                Some(_) => {
+                                    step = Step::Lost;
+                                    break;
+                                }
+                            }
+                        }
+                        step
                     }
                     Some(Err(e)) => {
                         warn!(queue = %shared.queue, error = %e, "subscription lost; re-subscribing");

@@ -32,6 +32,14 @@ pub const HEADER_DEAD_LETTER_QUEUE: &str = "x-dead-letter-queue";
 /// Dead-letter header: the routing key the message was published with.
 pub const HEADER_ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
 
+const RESERVED: [&str; 5] = [
+    HEADER_EVENT_TYPE,
+    HEADER_TIMESTAMP,
+    HEADER_CORRELATION_ID,
+    HEADER_CAUSATION_ID,
+    HEADER_MESSAGE_ID,
+];
+
 /// A message as it travels: JSON body bytes, string headers, routing key,
 /// message id and persistence. Backends map it onto AMQP properties or Redis
 /// stream fields; [`Envelope`] is the typed view handlers see.
@@ -293,26 +301,31 @@ impl Envelope {
     /// [`Error::InvalidMessage`] naming what is wrong; the consumer
     /// dead-letters such messages.
     pub fn from_message(message: &Message) -> Result<Self> {
-        let mut headers = message.headers.clone();
-        let event_type = headers.remove(HEADER_EVENT_TYPE).ok_or_else(|| {
+        let h = &message.headers;
+        let event_type = h.get(HEADER_EVENT_TYPE).cloned().ok_or_else(|| {
             Error::InvalidMessage(format!(
                 "missing `{HEADER_EVENT_TYPE}` header (routing key `{}`)",
                 message.routing_key
             ))
         })?;
         validate_json(&message.body)?;
-        let timestamp = headers
-            .remove(HEADER_TIMESTAMP)
-            .and_then(|t| parse_timestamp(&t))
+        let timestamp = h
+            .get(HEADER_TIMESTAMP)
+            .and_then(|t| parse_timestamp(t))
             .unwrap_or_else(Utc::now);
-        let header_id = headers.remove(HEADER_MESSAGE_ID);
         let message_id = message
             .message_id
             .clone()
-            .or(header_id)
+            .or_else(|| h.get(HEADER_MESSAGE_ID).cloned())
             .unwrap_or_else(new_id);
-        let correlation_id = headers.remove(HEADER_CORRELATION_ID).unwrap_or_else(new_id);
-        let causation_id = headers.remove(HEADER_CAUSATION_ID);
+        let correlation_id = h.get(HEADER_CORRELATION_ID).cloned().unwrap_or_else(new_id);
+        let causation_id = h.get(HEADER_CAUSATION_ID).cloned();
+        // Only the extra headers are copied (usually none).
+        let headers = h
+            .iter()
+            .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Ok(Self {
             event_type,
             payload: message.body.clone(),
