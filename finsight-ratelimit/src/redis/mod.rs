@@ -153,7 +153,8 @@ impl RedisBackend {
         let limit = cfg.timeout.max(Duration::from_secs(1));
         let mc = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(limit))
-            .set_response_timeout(Some(cfg.timeout.max(Duration::from_millis(10))))
+            // One timer per call is enough: `decide` bounds each call itself.
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let mut conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, mc))

@@ -50,13 +50,14 @@ for i = 1, n do
 
   if algo == 6 or algo == 1 or algo == 2 then
     local full = cap * t
-    local f = fields(redis.call('GET', key))
+    local raw = redis.call('GET', key)
     local used
     if algo == 6 then
-      local tat = f[1] or now
+      local tat = tonumber(raw) or now
       if tat < now then tat = now end
       used = tat - now
     else
+      local f = fields(raw)
       local last = f[1] or now
       local elapsed = now - last
       if elapsed < 0 then elapsed = 0 end
