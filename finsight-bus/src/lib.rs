@@ -122,6 +122,10 @@ pub use transport::{
     PublishOutcome, QueueDepth, SubscribeOptions, Transport,
 };
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// `scheme://host:port/...` of a URL, without user and password (for errors and logs).
 #[allow(dead_code)]
 pub(crate) fn redact(url: &str) -> String {

@@ -30,7 +30,10 @@
 //!
 //! After a reconnect the consumer re-reads its own pending entries first
 //! (`XREADGROUP … 0`), and the topology (groups, bindings) is re-declared if
-//! the server lost it (a restart without persistence).
+//! the server lost it (a restart without persistence). The shared
+//! connection reconnects transparently (redis-rs `ConnectionManager`), so
+//! [`Health::reconnects`] counts those re-declarations, and
+//! [`Health::state`] is the result of a `PING`.
 
 use crate::envelope::{Headers, Message};
 use crate::error::{Error, Result};
