@@ -122,6 +122,9 @@ impl OwnedStickyKey {
 ///
 /// Keyed by the 16-byte digest, so `get` hashes 16 bytes and does not
 /// allocate; each entry costs about 64 bytes plus the variant id's `Arc`.
+/// Entries do not expire: an assignment lives until capacity evicts it or
+/// the process ends (the Redis store adds the 24 h TTL of the Python
+/// services).
 #[derive(Debug, Clone)]
 pub struct MemoryStickyStore {
     cache: Arc<quick_cache::sync::Cache<u128, Assignment>>,
