@@ -163,6 +163,12 @@ async fn rate_limit_answers_429_with_headers_by_tier_and_cost() {
     }
     let r = call(&http, &gw, "/api/v1/quotes/AAPL", "u-free", "free").await;
     assert_eq!(r.status(), 429);
+    // The per-IP rule applies too: the peer address reached the limiter.
+    assert!(
+        header(&r, "ratelimit-policy").contains("\"ip\";q=100000;w=60"),
+        "{}",
+        header(&r, "ratelimit-policy")
+    );
     let retry: u64 = header(&r, "retry-after").parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
     let state = header(&r, "ratelimit");
