@@ -511,7 +511,7 @@ async fn dead_letter(
     attempts: u32,
 ) {
     warn!(%reason, %handler, attempts, "dead-lettering message");
-    let h = &mut message.headers;
+    let h = std::sync::Arc::make_mut(&mut message.headers);
     h.insert(HEADER_DEAD_LETTER_REASON.into(), reason.to_owned());
     h.insert(HEADER_DEAD_LETTER_HANDLER.into(), handler.to_owned());
     h.insert(HEADER_DEAD_LETTER_ATTEMPTS.into(), attempts.to_string());

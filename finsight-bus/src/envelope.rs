@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// String headers carried with a message (AMQP headers table, Redis stream fields).
 pub type Headers = BTreeMap<String, String>;
@@ -48,7 +49,8 @@ pub struct Message {
     /// The body: the JSON payload (SPEC §5).
     pub body: Bytes,
     /// Headers, including `event_type`, `timestamp`, `correlation_id`.
-    pub headers: Headers,
+    /// Shared: cloning a message does not copy them (`Arc::make_mut` to change).
+    pub headers: Arc<Headers>,
     /// The routing key it was published with.
     pub routing_key: String,
     /// The message id, when the publisher set one.
@@ -285,7 +287,7 @@ impl Envelope {
         }
         Message {
             body: self.payload.clone(),
-            headers,
+            headers: Arc::new(headers),
             routing_key: self.routing_key.clone().unwrap_or_else(default_routing_key),
             message_id: Some(self.message_id.clone()),
             persistent: true,
@@ -321,11 +323,19 @@ impl Envelope {
         let correlation_id = h.get(HEADER_CORRELATION_ID).cloned().unwrap_or_else(new_id);
         let causation_id = h.get(HEADER_CAUSATION_ID).cloned();
         // Only the extra headers are copied (usually none).
-        let headers = h
-            .iter()
-            .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let reserved_present = 1
+            + usize::from(h.contains_key(HEADER_TIMESTAMP))
+            + usize::from(h.contains_key(HEADER_MESSAGE_ID))
+            + usize::from(h.contains_key(HEADER_CORRELATION_ID))
+            + usize::from(causation_id.is_some());
+        let headers = if h.len() == reserved_present {
+            Headers::new()
+        } else {
+            h.iter()
+                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
         Ok(Self {
             event_type,
             payload: message.body.clone(),
@@ -483,7 +493,7 @@ mod tests {
             matches!(Envelope::from_message(&msg), Err(Error::InvalidMessage(m)) if m.contains("JSON"))
         );
         let mut msg = Envelope::new("x", &1).unwrap().to_message(|| "x.s".into());
-        msg.headers.remove("event_type");
+        Arc::make_mut(&mut msg.headers).remove("event_type");
         assert!(
             matches!(Envelope::from_message(&msg), Err(Error::InvalidMessage(m)) if m.contains("event_type"))
         );

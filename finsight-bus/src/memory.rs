@@ -391,10 +391,10 @@ impl Inner {
     fn dead_letter_expired(&self, q: &Queue, expired: Vec<Stored>) {
         for s in expired {
             let mut m = s.message;
-            m.headers
+            Arc::make_mut(&mut m.headers)
                 .entry(HEADER_FIRST_DEATH_REASON.into())
                 .or_insert_with(|| "expired".into());
-            m.headers
+            Arc::make_mut(&mut m.headers)
                 .entry(HEADER_FIRST_DEATH_QUEUE.into())
                 .or_insert_with(|| q.spec.name.clone());
             debug!(queue = %q.spec.name, "message expired");

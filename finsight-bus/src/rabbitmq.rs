@@ -278,7 +278,7 @@ impl Drop for InFlight {
 
 fn properties(m: &Message) -> BasicProperties {
     let mut table = FieldTable::default();
-    for (k, v) in &m.headers {
+    for (k, v) in m.headers.iter() {
         table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
     }
     let mut p = BasicProperties::default()
@@ -341,7 +341,7 @@ fn message_from(d: &lapin::message::Delivery) -> Message {
         .or_else(|| headers.get(HEADER_MESSAGE_ID).cloned());
     Message {
         body: Bytes::copy_from_slice(&d.data),
-        headers,
+        headers: Arc::new(headers),
         routing_key: d.routing_key.to_string(),
         message_id,
         persistent: p.delivery_mode().is_some_and(|m| m == 2),

@@ -440,7 +440,7 @@ fn entry_fields(m: &Message) -> Vec<(String, Vec<u8>)> {
     if let Some(id) = &m.message_id {
         f.push(("id".to_owned(), id.clone().into_bytes()));
     }
-    for (k, v) in &m.headers {
+    for (k, v) in m.headers.iter() {
         f.push((format!("h:{k}"), v.clone().into_bytes()));
     }
     f
@@ -476,7 +476,7 @@ fn entry_message(e: &StreamId) -> Message {
     }
     Message {
         body,
-        headers,
+        headers: Arc::new(headers),
         routing_key,
         message_id,
         persistent,
@@ -765,10 +765,10 @@ async fn read_loop(
                 {
                     {
                         let mut m = message;
-                        m.headers
+                        Arc::make_mut(&mut m.headers)
                             .entry(HEADER_FIRST_DEATH_REASON.into())
                             .or_insert_with(|| "expired".into());
-                        m.headers
+                        Arc::make_mut(&mut m.headers)
                             .entry(HEADER_FIRST_DEATH_QUEUE.into())
                             .or_insert_with(|| sub.spec.name.clone());
                         if sub.dead_letter(m).await? {
@@ -854,15 +854,15 @@ async fn reclaim(
         if n > cfg.delivery_limit {
             warn!(stream = %sub.stream, id = %e.id, deliveries = n, "delivery limit reached; dead-lettering");
             let mut m = entry_message(&e);
-            m.headers.insert(
+            Arc::make_mut(&mut m.headers).insert(
                 crate::HEADER_DEAD_LETTER_REASON.into(),
                 format!("delivery-limit: delivered {n} times"),
             );
-            m.headers.insert(
+            Arc::make_mut(&mut m.headers).insert(
                 crate::HEADER_DEAD_LETTER_QUEUE.into(),
                 sub.spec.name.clone(),
             );
-            m.headers
+            Arc::make_mut(&mut m.headers)
                 .insert(crate::HEADER_DEAD_LETTER_ATTEMPTS.into(), n.to_string());
             if sub.dead_letter(m).await? {
                 sub.xack(&e.id).await?;
