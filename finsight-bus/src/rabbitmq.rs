@@ -111,6 +111,38 @@ struct Inner {
     unconfirmed: AtomicU64,
     reconnects: AtomicU64,
     connected_once: AtomicBool,
+    /// Pending confirms, in publish order; at most `confirm_window` items
+    /// (each holds a window slot).
+    reaper: tokio::sync::mpsc::UnboundedSender<Reap>,
+}
+
+struct Reap {
+    confirm: lapin::PublisherConfirm,
+    deadline: tokio::time::Instant,
+    _guard: InFlight,
+    done: tokio::sync::oneshot::Sender<PublishOutcome>,
+}
+
+async fn reaper(mut rx: tokio::sync::mpsc::UnboundedReceiver<Reap>) {
+    while let Some(r) = rx.recv().await {
+        let outcome = match tokio::time::timeout_at(r.deadline, r.confirm).await {
+            Err(_) => PublishOutcome::TimedOut,
+            Ok(Err(e)) => {
+                debug!(error = %e, "confirm lost with the connection");
+                PublishOutcome::ConnectionLost
+            }
+            Ok(Ok(Confirmation::Ack(Some(ret)))) => PublishOutcome::Unroutable {
+                code: ret.reply_code,
+                text: ret.reply_text.to_string(),
+            },
+            Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
+                PublishOutcome::Confirmed
+            }
+            Ok(Ok(Confirmation::Nack(_))) => PublishOutcome::Nacked,
+        };
+        drop(r._guard);
+        let _ = r.done.send(outcome);
+    }
 }
 
 fn lost(e: &lapin::Error) -> Error {
@@ -127,7 +159,10 @@ impl RabbitMq {
         if config.confirm_window == 0 {
             return Err(Error::Config("confirm_window must be at least 1".into()));
         }
+        let (reap_tx, reap_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(reaper(reap_rx));
         let inner = Arc::new(Inner {
+            reaper: reap_tx,
             window: Arc::new(Semaphore::new(config.confirm_window)),
             config,
             live: parking_lot::RwLock::new(None),
@@ -223,31 +258,19 @@ impl RabbitMq {
             .await
             .map_err(|e| lost(&e))?;
         let guard = InFlight::new(&self.inner, permit);
-        let timeout = self.inner.config.confirm_timeout;
-        // The confirm is awaited in its own task, so the window slot frees
-        // as soon as the broker answers even if the caller polls its
-        // pending confirms late (send many, then await them all).
+        // One reaper task awaits the confirms in publish order (the broker
+        // confirms in order), so a window slot frees as soon as the broker
+        // answers even if the caller polls its pending confirms late.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let r = tokio::time::timeout(timeout, confirm).await;
-            drop(guard);
-            let outcome = match r {
-                Err(_) => PublishOutcome::TimedOut,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "confirm lost with the connection");
-                    PublishOutcome::ConnectionLost
-                }
-                Ok(Ok(Confirmation::Ack(Some(ret)))) => PublishOutcome::Unroutable {
-                    code: ret.reply_code,
-                    text: ret.reply_text.to_string(),
-                },
-                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {
-                    PublishOutcome::Confirmed
-                }
-                Ok(Ok(Confirmation::Nack(_))) => PublishOutcome::Nacked,
-            };
-            let _ = tx.send(outcome);
-        });
+        let reap = Reap {
+            confirm,
+            deadline: tokio::time::Instant::now() + self.inner.config.confirm_timeout,
+            _guard: guard,
+            done: tx,
+        };
+        if let Err(e) = self.inner.reaper.send(reap) {
+            let _ = e.0.done.send(PublishOutcome::ConnectionLost);
+        }
         Ok(PendingConfirm::waiting(async move {
             rx.await.unwrap_or(PublishOutcome::ConnectionLost)
         }))
