@@ -59,7 +59,8 @@ async fn ds_analytics(State(ds): State<Downstream>, Path(symbol): Path<String>) 
     axum::Json(serde_json::json!({ "symbol": symbol, "sma_20": 99.5 })).into_response()
 }
 
-/// Free users 5/min, professional 12/min, enterprise 10 000/min; analytics costs 5.
+/// Per IP 100 000/min, per tenant 50 000/min; per user: free 5/min,
+/// professional 12/min, enterprise 10 000/min; analytics costs 5.
 fn rules() -> RuleSet {
     let min = Duration::from_secs(60);
     RuleSet::new(vec![
@@ -70,6 +71,7 @@ fn rules() -> RuleSet {
             100_000,
             min,
         ),
+        Rule::new("tenant", Scope::Tenant, Algorithm::TokenBucket, 50_000, min),
         Rule::new("user", Scope::User, Algorithm::FixedWindow, 5, min)
             .tier(Tier::Professional, 12, None)
             .tier(Tier::Enterprise, 10_000, None),
@@ -163,12 +165,11 @@ async fn rate_limit_answers_429_with_headers_by_tier_and_cost() {
     }
     let r = call(&http, &gw, "/api/v1/quotes/AAPL", "u-free", "free").await;
     assert_eq!(r.status(), 429);
-    // The per-IP rule applies too: the peer address reached the limiter.
-    assert!(
-        header(&r, "ratelimit-policy").contains("\"ip\";q=100000;w=60"),
-        "{}",
-        header(&r, "ratelimit-policy")
-    );
+    // The per-IP and per-tenant rules apply too: the peer address and the
+    // tenant header reached the limiter.
+    let policy = header(&r, "ratelimit-policy");
+    assert!(policy.contains("\"ip\";q=100000;w=60"), "{policy}");
+    assert!(policy.contains("\"tenant\";q=50000;w=60"), "{policy}");
     let retry: u64 = header(&r, "retry-after").parse().unwrap();
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
     let state = header(&r, "ratelimit");
