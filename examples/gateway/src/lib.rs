@@ -17,6 +17,10 @@
 //! | `GET /health` | the resilience health report: downstream breaker, Redis and RabbitMQ connectivity (200 healthy/degraded, 503 unhealthy) |
 //! | `GET /bare` | a constant answer with no layer at all: the baseline of the load run |
 //!
+//! Events on the bus: `api_request` per handled request, `flag_exposure` per
+//! evaluation of a tracked flag, `circuit_state_changed` per breaker
+//! transition.
+//!
 //! In memory by default (L1-only cache, in-memory limiter, flags and bus);
 //! [`GatewayConfig::redis_url`] puts the cache's L2, the limiter and the
 //! sticky flag assignments in Redis, [`GatewayConfig::amqp_url`] publishes
@@ -73,6 +77,9 @@ pub const DEFAULT_FLAGS: &str = r#"[
 
 /// Event type of the per-request event.
 pub const REQUEST_EVENT: &str = "api_request";
+/// Event type of a downstream breaker state change (payload: the
+/// `finsight_resilience::StateChange` JSON: `name`, `from`, `to`, `reason`, `at`).
+pub const BREAKER_EVENT: &str = "circuit_state_changed";
 
 /// Errors starting the gateway: each names the part that failed.
 #[derive(Debug, thiserror::Error)]
@@ -580,6 +587,7 @@ impl Gateway {
             .on_circuit_open(OnCircuitOpen::GiveUp)
             .deadline(cfg.downstream_timeout * cfg.retry_attempts.max(1) * 2)
             .build()?;
+        background.push(publish_breaker_changes(&breaker, bus.clone()));
         let client = reqwest::Client::builder()
             .timeout(cfg.downstream_timeout)
             .build()
@@ -730,6 +738,34 @@ impl RunningGateway {
             task.abort();
         }
     }
+}
+
+/// Publishes every state change of `breaker` as a [`BREAKER_EVENT`]; ends
+/// when the breaker is dropped.
+fn publish_breaker_changes(breaker: &CircuitBreaker, bus: Bus) -> JoinHandle<()> {
+    let mut changes = breaker.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match changes.recv().await {
+                Ok(change) => {
+                    tracing::info!(breaker = %change.name, from = %change.from, to = %change.to, "breaker state changed");
+                    let outcome = match Envelope::new(BREAKER_EVENT, &change) {
+                        Ok(env) => bus.publish(&env).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match outcome {
+                        Ok(o) if o.is_confirmed() => {}
+                        Ok(o) => tracing::warn!(outcome = ?o, "breaker event not confirmed"),
+                        Err(e) => tracing::warn!(error = %e, "breaker event not published"),
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "breaker events missed");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
 }
 
 fn stats(state: &AppState) -> GatewayStats {

@@ -142,6 +142,56 @@ fn header(r: &reqwest::Response, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Consumes the gateway's events queue on RabbitMQ; yields `(event_type, payload)`.
+async fn consume_events(
+    cfg: &GatewayConfig,
+) -> (
+    Bus,
+    finsight_bus::ConsumerHandle,
+    tokio::sync::mpsc::Receiver<(String, Value)>,
+) {
+    let queue = cfg.events_queue.clone();
+    let topology = cfg.topology.clone().consumer_queue(&queue);
+    let rabbit = RabbitMq::connect(RabbitConfig::new(finsight_testkit::amqp_url()))
+        .await
+        .unwrap();
+    let bus = Bus::connect(rabbit, topology, queue.as_str())
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<(String, Value)>(1024);
+    let mut router = BusRouter::new();
+    for kind in ["api_request", "flag_exposure", "circuit_state_changed"] {
+        let tx = tx.clone();
+        router = router.on(kind, move |ctx: Context| {
+            let tx = tx.clone();
+            async move {
+                let e = ctx.envelope();
+                let _ = tx.send((e.event_type().to_owned(), e.json()?)).await;
+                Ok(())
+            }
+        });
+    }
+    let consumer = bus.consumer(&queue, router).start().unwrap();
+    (bus, consumer, rx)
+}
+
+/// Receives events until `done` says so or 50 quiet 200 ms waits pass.
+async fn receive_until(
+    rx: &mut tokio::sync::mpsc::Receiver<(String, Value)>,
+    mut done: impl FnMut(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        if done(&got) {
+            break;
+        }
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            got.push(e);
+        }
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_answers_429_with_headers_by_tier_and_cost() {
     let (_ds, url) = Downstream::start().await;
@@ -211,7 +261,9 @@ async fn rate_limit_answers_429_with_headers_by_tier_and_cost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_on_downstream_failures_and_closes_after_recovery() {
     let (ds, url) = Downstream::start().await;
-    let gw = start(config(&url, "e2e-breaker")).await;
+    let cfg = config(&url, "e2e-breaker");
+    let gw = start(cfg.clone()).await;
+    let (bus, consumer, mut rx) = consume_events(&cfg).await;
     let http = reqwest::Client::new();
     let h = health(&http, &gw).await;
     assert_eq!(h["status"], "healthy", "{h}");
@@ -263,6 +315,39 @@ async fn breaker_opens_on_downstream_failures_and_closes_after_recovery() {
     let h = health(&http, &gw).await;
     assert_eq!(h["breakers"][0]["state"], "closed", "{h}");
     assert_eq!(h["status"], "healthy", "{h}");
+
+    // Every transition was published on the bus, ending closed.
+    let transitions = |got: &[(String, Value)]| -> Vec<(String, String)> {
+        got.iter()
+            .filter(|(k, _)| k == "circuit_state_changed")
+            .map(|(_, v)| {
+                (
+                    v["from"].as_str().unwrap().to_owned(),
+                    v["to"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let got = receive_until(&mut rx, |got| {
+        transitions(got)
+            .last()
+            .is_some_and(|(_, to)| to == "closed")
+    })
+    .await;
+    let t = transitions(&got);
+    assert_eq!(
+        t.first(),
+        Some(&("closed".to_owned(), "open".to_owned())),
+        "{t:?}"
+    );
+    assert_eq!(t.last().map(|x| x.1.as_str()), Some("closed"), "{t:?}");
+    assert!(
+        got.iter()
+            .filter(|(k, _)| k == "circuit_state_changed")
+            .all(|(_, v)| v["name"] == "downstream")
+    );
+    consumer.shutdown(Duration::from_secs(5)).await.unwrap();
+    bus.close(Duration::from_secs(5)).await.unwrap();
     gw.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -379,38 +464,8 @@ async fn flags_gate_the_analytics_endpoint_and_realtime_quotes_per_tier() {
 async fn request_and_exposure_events_arrive_in_rabbitmq() {
     let (_ds, url) = Downstream::start().await;
     let cfg = config(&url, "e2e-events");
-    // The test consumes the gateway's events queue on the same broker.
-    let queue = cfg.events_queue.clone();
-    let topology = cfg.topology.clone().consumer_queue(&queue);
-    let gw = start(cfg).await;
-    let rabbit = RabbitMq::connect(RabbitConfig::new(finsight_testkit::amqp_url()))
-        .await
-        .unwrap();
-    let bus = Bus::connect(rabbit, topology, queue.as_str())
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Value)>(256);
-    let tx2 = tx.clone();
-    let router = BusRouter::new()
-        .on("api_request", move |ctx: Context| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx
-                    .send(("api_request".into(), ctx.envelope().json()?))
-                    .await;
-                Ok(())
-            }
-        })
-        .on("flag_exposure", move |ctx: Context| {
-            let tx = tx2.clone();
-            async move {
-                let _ = tx
-                    .send(("flag_exposure".into(), ctx.envelope().json()?))
-                    .await;
-                Ok(())
-            }
-        });
-    let consumer = bus.consumer(&queue, router).start().unwrap();
+    let gw = start(cfg.clone()).await;
+    let (bus, consumer, mut rx) = consume_events(&cfg).await;
 
     let http = reqwest::Client::new();
     assert_eq!(
@@ -426,18 +481,21 @@ async fn request_and_exposure_events_arrive_in_rabbitmq() {
         403
     );
 
-    let mut requests = Vec::new();
-    let mut exposures = Vec::new();
-    for _ in 0..50 {
-        if requests.len() >= 2 && exposures.len() >= 2 {
-            break;
-        }
-        match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-            Ok(Some((kind, v))) if kind == "api_request" => requests.push(v),
-            Ok(Some((_, v))) => exposures.push(v),
-            _ => {}
-        }
-    }
+    let count = |got: &[(String, Value)], kind: &str| got.iter().filter(|(k, _)| k == kind).count();
+    let got = receive_until(&mut rx, |got| {
+        count(got, "api_request") >= 2 && count(got, "flag_exposure") >= 2
+    })
+    .await;
+    let mut requests: Vec<Value> = got
+        .iter()
+        .filter(|(k, _)| k == "api_request")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let exposures: Vec<Value> = got
+        .iter()
+        .filter(|(k, _)| k == "flag_exposure")
+        .map(|(_, v)| v.clone())
+        .collect();
     requests.sort_by_key(|v| v["status"].as_u64());
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert_eq!(requests[0]["path"], "/api/v1/quotes/ORCL");
