@@ -26,6 +26,8 @@
 //! sticky flag assignments in Redis, [`GatewayConfig::amqp_url`] publishes
 //! the events to RabbitMQ.
 
+#![deny(missing_docs)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

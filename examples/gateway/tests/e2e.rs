@@ -530,6 +530,56 @@ async fn request_and_exposure_events_arrive_in_rabbitmq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_events_feed_the_worker_over_rabbitmq() {
+    let (_ds, url) = Downstream::start().await;
+    let cfg = config(&url, "e2e-worker");
+    let gw = start(cfg.clone()).await;
+    let queue = cfg.events_queue.clone();
+    let rabbit = RabbitMq::connect(RabbitConfig::new(finsight_testkit::amqp_url()))
+        .await
+        .unwrap();
+    let bus = Bus::connect(
+        rabbit,
+        cfg.topology.clone().consumer_queue(&queue),
+        queue.as_str(),
+    )
+    .await
+    .unwrap();
+    let agg = worker::Aggregates::new();
+    let consumer = worker::start(&bus, &queue, agg.clone()).unwrap();
+
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            call(&http, &gw, "/api/v1/quotes/CSCO", "u-w", "free")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    let mut totals = agg.tenant("acme");
+    for _ in 0..100 {
+        if totals.requests >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        totals = agg.tenant("acme");
+    }
+    assert_eq!(totals.requests, 6, "{totals:?}");
+    assert_eq!(totals.rate_limited, 1);
+    assert_eq!(totals.server_errors, 0);
+    let stats = consumer.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        stats.dead_lettered, 0,
+        "every gateway event has a handler: {stats:?}"
+    );
+    bus.close(Duration::from_secs(5)).await.unwrap();
+    gw.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_health_degraded_while_redis_stopped() {
     let (_ds, url) = Downstream::start().await;
     let gw = start(config(&url, "e2e-outage")).await;

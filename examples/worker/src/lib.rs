@@ -6,7 +6,9 @@
 //!
 //! * `api_request` ([`RequestEvent`]): requests, server errors and
 //!   rate-limited requests per tenant;
-//! * `flag_exposure` ([`ExposureRecord`]): exposures per flag and value.
+//! * `flag_exposure` ([`ExposureRecord`]): exposures per flag and value;
+//! * `circuit_state_changed` ([`BreakerChange`]): breaker transitions per
+//!   breaker and target state.
 //!
 //! What cannot be handled is dead-lettered with the reason in the
 //! `x-dead-letter-reason` header, and the consumer keeps running: a payload
@@ -16,6 +18,8 @@
 //!
 //! Memory: the aggregates keep at most [`MAX_KEYS`] tenants and flag/value
 //! pairs each; later ones are counted under [`OTHER`].
+
+#![deny(missing_docs)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +64,17 @@ pub struct ExposureRecord {
     pub value: serde_json::Value,
 }
 
+/// The fields of a breaker state change (event type `circuit_state_changed`) the worker reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BreakerChange {
+    /// The breaker's name.
+    pub name: String,
+    /// State before.
+    pub from: String,
+    /// State after.
+    pub to: String,
+}
+
 /// Totals of one tenant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TenantTotals {
@@ -81,6 +96,7 @@ pub struct Aggregates {
 struct Inner {
     tenants: HashMap<String, TenantTotals>,
     exposures: HashMap<String, u64>,
+    transitions: HashMap<String, u64>,
 }
 
 fn bounded_entry<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
@@ -117,6 +133,22 @@ impl Aggregates {
         *bounded_entry(&mut g.exposures, &format!("{}={}", e.flag_key, e.value)) += 1;
     }
 
+    /// Records one breaker transition.
+    pub fn record_transition(&self, e: &BreakerChange) {
+        let mut g = self.inner.lock();
+        *bounded_entry(&mut g.transitions, &format!("{}->{}", e.name, e.to)) += 1;
+    }
+
+    /// How often breaker `name` went to state `to` (`open`, `half_open`, `closed`, …).
+    pub fn transitions(&self, name: &str, to: &str) -> u64 {
+        self.inner
+            .lock()
+            .transitions
+            .get(&format!("{name}->{to}"))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The totals of `tenant` (or of [`OTHER`]).
     pub fn tenant(&self, tenant: &str) -> TenantTotals {
         self.inner
@@ -143,11 +175,12 @@ impl Aggregates {
     }
 }
 
-/// The worker's handlers: `api_request` and `flag_exposure`; unknown event
-/// types are dead-lettered.
+/// The worker's handlers: `api_request`, `flag_exposure` and
+/// `circuit_state_changed`; unknown event types are dead-lettered.
 pub fn router(aggregates: Aggregates) -> Router {
     let requests = aggregates.clone();
-    let exposures = aggregates;
+    let exposures = aggregates.clone();
+    let transitions = aggregates;
     Router::new()
         .on_typed("api_request", move |ctx: Context, e: RequestEvent| {
             let agg = requests.clone();
@@ -171,6 +204,17 @@ pub fn router(aggregates: Aggregates) -> Router {
                 Ok::<_, HandlerError>(())
             }
         })
+        .on_typed(
+            "circuit_state_changed",
+            move |_ctx: Context, e: BreakerChange| {
+                let agg = transitions.clone();
+                async move {
+                    tracing::info!(breaker = %e.name, from = %e.from, to = %e.to, "breaker transition");
+                    agg.record_transition(&e);
+                    Ok::<_, HandlerError>(())
+                }
+            },
+        )
         .unknown_events(UnknownEventPolicy::DeadLetter)
 }
 

@@ -26,8 +26,8 @@ fn request(tenant: &str, status: u16) -> Envelope {
     .unwrap()
 }
 
-/// Publishes 4 good requests, 1 exposure, 1 malformed request, 1 invalid
-/// request (empty method), 1 unknown event type.
+/// Publishes 4 good requests, 1 exposure, 1 breaker transition, 1 malformed
+/// request, 1 invalid request (empty method), 1 unknown event type.
 async fn publish_mix(bus: &Bus, tenant: &str) {
     for status in [200, 200, 429, 503] {
         assert!(
@@ -53,6 +53,11 @@ async fn publish_mix(bus: &Bus, tenant: &str) {
     invalid["method"] = "".into();
     for env in [
         Envelope::new("flag_exposure", &exposure).unwrap(),
+        Envelope::new(
+            "circuit_state_changed",
+            &serde_json::json!({"name": "downstream", "from": "closed", "to": "open", "reason": "failure_threshold", "at": {"secs": 1, "nanos": 0}}),
+        )
+        .unwrap(),
         Envelope::new("api_request", &bad_shape).unwrap(),
         Envelope::new("api_request", &invalid).unwrap(),
         Envelope::new("order_placed", &serde_json::json!({"id": 1})).unwrap(),
@@ -81,6 +86,7 @@ fn check_aggregates(agg: &Aggregates, tenant: &str) {
     assert_eq!(t.rate_limited, 1);
     assert_eq!(t.server_errors, 1);
     assert_eq!(agg.exposures("analytics-api", "true"), 1);
+    assert_eq!(agg.transitions("downstream", "open"), 1);
 }
 
 #[tokio::test]
@@ -93,9 +99,9 @@ async fn handles_events_and_dead_letters_bad_ones_in_memory() {
     let agg = Aggregates::new();
     let consumer = worker::start(&bus, "analytics", agg.clone()).unwrap();
     publish_mix(&bus, "acme").await;
-    settle(&consumer, 8).await;
+    settle(&consumer, 9).await;
     let stats = consumer.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(stats.acked, 5);
+    assert_eq!(stats.acked, 6);
     assert_eq!(stats.dead_lettered, 3);
     assert_eq!(stats.retries, 0, "permanent failures are not retried");
     check_aggregates(&agg, "acme");
@@ -139,9 +145,9 @@ async fn handles_events_and_dead_letters_bad_ones_on_rabbitmq() {
     let agg = Aggregates::new();
     let consumer = worker::start(&bus, &queue, agg.clone()).unwrap();
     publish_mix(&bus, "globex").await;
-    settle(&consumer, 8).await;
+    settle(&consumer, 9).await;
     let stats = consumer.shutdown(Duration::from_secs(5)).await.unwrap();
-    assert_eq!((stats.acked, stats.dead_lettered), (5, 3));
+    assert_eq!((stats.acked, stats.dead_lettered), (6, 3));
     check_aggregates(&agg, "globex");
 
     // The three dead letters are in the (prefixed) dead-letter queue, with reasons.
