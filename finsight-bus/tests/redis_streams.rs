@@ -92,3 +92,47 @@ async fn expired_entries_are_dead_lettered_at_read() {
             .is_err()
     );
 }
+
+#[cfg(feature = "redis-dedup")]
+#[tokio::test]
+async fn redis_dedup_is_shared_between_filters() {
+    let prefix = format!("{}:", finsight_testkit::unique("dedup"));
+    let url = finsight_testkit::redis_url();
+    let a = RedisDedup::connect(&url, &prefix, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let b = RedisDedup::connect(&url, &prefix, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(!a.seen("m-1").await.unwrap());
+    a.mark("m-1").await.unwrap();
+    assert!(
+        b.seen("m-1").await.unwrap(),
+        "a second replica must see the id"
+    );
+    assert!(!b.seen("m-2").await.unwrap());
+    // Used by a consumer: the second delivery of the same id is skipped.
+    let (_t, bus, queue, _) = setup(5, None).await;
+    let c = bus
+        .consumer(
+            &queue,
+            Router::new().on("e", |_c: Context| async { Ok(()) }),
+        )
+        .dedup(b.clone())
+        .concurrency(1)
+        .start()
+        .unwrap();
+    let env = Envelope::new("e", &1).unwrap();
+    for _ in 0..2 {
+        assert!(bus.publish(&env).await.unwrap().is_confirmed());
+    }
+    for _ in 0..500 {
+        if c.stats().acked == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let st = c.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((st.acked, st.duplicates), (2, 1));
+    assert!(a.seen(env.message_id()).await.unwrap());
+}
