@@ -48,8 +48,8 @@ use finsight_flags::redis::RedisStickyStore;
 use finsight_flags::{EvaluationContext, ExposureBuffer, FlagEngine, FlagSet};
 use finsight_ratelimit::redis::{RedisBackend, RedisConfig};
 use finsight_ratelimit::{
-    Algorithm, CostTable, Limiter, RateLimitLayer, Rule, RuleOutcome, RuleSet, Scope, TenantId,
-    Tier, UserId,
+    Algorithm, CostTable, Limiter, ManualClock, RateLimitLayer, Rule, RuleOutcome, RuleSet, Scope,
+    TenantId, Tier, UserId,
 };
 use finsight_resilience::{
     Backoff, BreakerError, CircuitBreaker, Health, HealthReport, Jitter, OnCircuitOpen,
@@ -147,6 +147,10 @@ pub struct GatewayConfig {
     pub cache_ttl: Duration,
     /// Events waiting to be published at most; more are dropped and counted (default 10 000).
     pub event_buffer: usize,
+    /// Drives the rate limiter with this manual clock instead of the system
+    /// clock (in memory) or the Redis server's time (with Redis): for
+    /// deterministic tests only. `None` (the default) in production.
+    pub rate_limit_clock: Option<ManualClock>,
 }
 
 impl GatewayConfig {
@@ -168,6 +172,7 @@ impl GatewayConfig {
             downstream_timeout: Duration::from_secs(2),
             cache_ttl: Duration::from_secs(30),
             event_buffer: 10_000,
+            rate_limit_clock: None,
         }
     }
 
@@ -556,12 +561,15 @@ impl Gateway {
 
         // Rate limiter: Redis (shared by every instance) or in memory.
         let mut limiter = Limiter::builder(cfg.rules.clone());
+        if let Some(clock) = &cfg.rate_limit_clock {
+            limiter = limiter.clock(clock.clone());
+        }
         if let Some(url) = &cfg.redis_url {
-            let backend = RedisBackend::connect(
-                RedisConfig::new(url.as_str()).tag(format!("{ns}finsight-rl")),
-            )
-            .await?;
-            limiter = limiter.redis(backend);
+            let mut rc = RedisConfig::new(url.as_str()).tag(format!("{ns}finsight-rl"));
+            if let Some(clock) = &cfg.rate_limit_clock {
+                rc = rc.clock_for_tests(clock.clone());
+            }
+            limiter = limiter.redis(RedisBackend::connect(rc).await?);
         }
         let limiter = limiter.build()?;
 

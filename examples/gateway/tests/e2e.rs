@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use finsight_bus::rabbitmq::{RabbitConfig, RabbitMq};
 use finsight_bus::{Bus, Context, Router as BusRouter, Topology};
-use finsight_ratelimit::{Algorithm, CostTable, Rule, RuleSet, Scope, Tier};
+use finsight_ratelimit::{Algorithm, CostTable, ManualClock, Rule, RuleSet, Scope, Tier};
 use gateway::{Gateway, GatewayConfig, RunningGateway};
 use serde_json::Value;
 
@@ -87,6 +87,8 @@ fn config(downstream: &str, label: &str) -> GatewayConfig {
     cfg.topology = Topology::prefixed(&finsight_testkit::unique(label));
     cfg.events_queue = finsight_testkit::unique("analytics");
     cfg.rules = rules();
+    // Rate-limit windows do not roll over while a test runs.
+    cfg.rate_limit_clock = Some(ManualClock::new(1_800_000_000_000_000));
     cfg.breaker_failures = 3;
     cfg.breaker_open = Duration::from_millis(500);
     cfg.retry_attempts = 2;

@@ -53,7 +53,9 @@ async fn get_json(http: &reqwest::Client, url: String, tier: &str) -> (u16, Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_defaults_serve_cache_flags_limits_and_health() {
     let (hits, url) = downstream().await;
-    let cfg = GatewayConfig::new(url);
+    let mut cfg = GatewayConfig::new(url);
+    // Rate-limit windows do not roll over while the test runs.
+    cfg.rate_limit_clock = Some(finsight_ratelimit::ManualClock::new(1_800_000_000_000_000));
     assert!(cfg.redis_url.is_none() && cfg.amqp_url.is_none());
     let gw = Gateway::build(cfg)
         .await
