@@ -20,11 +20,10 @@ async fn main() -> Result {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    // Each crate adds `mod <crate>;` above and `<crate>::run().await?;` here.
-    bus::run().await?;
-    cache::run().await?;
     flags::run().await?;
     resilience::run().await?;
+    cache::run().await?;
     ratelimit::run().await?;
+    bus::run().await?;
     Ok(())
 }
