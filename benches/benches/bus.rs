@@ -75,12 +75,11 @@ impl Sink {
         })
     }
     fn record(&self, t: &Tick) {
-        if let Some(slot) = self.lat.get(t.seq as usize) {
-            if slot.swap(now_ns().saturating_sub(t.sent_ns).max(1), Ordering::Relaxed) == 0
-                && self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.n
-            {
-                self.all.notify_one();
-            }
+        if let Some(slot) = self.lat.get(t.seq as usize)
+            && slot.swap(now_ns().saturating_sub(t.sent_ns).max(1), Ordering::Relaxed) == 0
+            && self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.n
+        {
+            self.all.notify_one();
         }
     }
     async fn wait(&self, limit: Duration) {
