@@ -39,6 +39,11 @@
 //!   `finsight_flags::ExposureSink` that publishes each exposure event as a
 //!   `finsight_bus::Envelope` (event type `flag_exposure` by default, payload
 //!   = the event's JSON) and waits for the broker's confirms of the batch.
+//! * [`health::HealthBusExt::bus_check`] (`health-bus`): a bus connection as a
+//!   `finsight_resilience::Health` check.
+//! * [`health::HealthCacheExt::cache_check`] (`health-cache`): a two-level
+//!   cache's Redis link (its invalidation channel) as a health check, with no
+//!   I/O per report.
 //!
 //! Adapters that need a hook the crates do not expose yet are not here:
 //! one Redis `ConnectionManager` shared by cache, rate limiter and flags (all
@@ -51,6 +56,8 @@
 //! | Feature | What it adds | Pulls in | Default |
 //! |---|---|---|---|
 //! | `flags-bus` | [`flags_bus::BusExposureSink`] | `finsight-flags`, `finsight-bus` | no |
+//! | `health-bus` | [`health::HealthBusExt`] | `finsight-resilience`, `finsight-bus` | no |
+//! | `health-cache` | [`health::HealthCacheExt`] | `finsight-resilience`, `finsight-cache` (`redis`) | no |
 //! | `full` | every adapter (docs.rs, CI) | all of the above | no |
 //!
 //! Without features the crate is empty.
@@ -66,6 +73,12 @@
 #[cfg(feature = "flags-bus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "flags-bus")))]
 pub mod flags_bus;
+#[cfg(any(feature = "health-bus", feature = "health-cache"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "health-bus", feature = "health-cache")))
+)]
+pub mod health;
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

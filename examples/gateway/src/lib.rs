@@ -40,8 +40,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use finsight_adapters::flags_bus::BusExposureSink;
+use finsight_adapters::health::{HealthBusExt, HealthCacheExt};
 use finsight_bus::rabbitmq::{RabbitConfig, RabbitMq};
-use finsight_bus::{Bus, ConnectionState, Envelope, MemoryBroker, MemoryConfig, Topology};
+use finsight_bus::{Bus, Envelope, MemoryBroker, MemoryConfig, Topology};
 use finsight_cache::redis::RedisOptions;
 use finsight_cache::{Cache, CacheConfig};
 use finsight_flags::redis::RedisStickyStore;
@@ -632,23 +633,15 @@ impl Gateway {
                 }
             });
         }
-        let health_bus = bus.clone();
         let bus_name = if cfg.amqp_url.is_some() {
             "rabbitmq"
         } else {
             "bus"
         };
-        health = health.check(bus_name, false, Duration::from_secs(2), move || {
-            let bus = health_bus.clone();
-            async move {
-                let h = bus.health().await;
-                if h.state == ConnectionState::Connected {
-                    Ok(())
-                } else {
-                    Err(format!("bus connection {:?}", h.state))
-                }
-            }
-        });
+        health = health.bus_check(bus_name, &bus, false, Duration::from_secs(2));
+        if cfg.redis_url.is_some() {
+            health = health.cache_check("cache", &cache, false);
+        }
 
         let state = Arc::new(AppState {
             flags,
