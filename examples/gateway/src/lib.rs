@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,7 +47,9 @@ use finsight_bus::{Bus, Envelope, MemoryBroker, MemoryConfig, Topology};
 use finsight_cache::redis::RedisOptions;
 use finsight_cache::{Cache, CacheConfig};
 use finsight_flags::redis::RedisStickyStore;
-use finsight_flags::{EvaluationContext, ExposureBuffer, FlagEngine, FlagSet};
+use finsight_flags::{
+    EvaluationContext, ExposureBuffer, FileSource, FlagEngine, FlagSet, SourceWatcher,
+};
 use finsight_ratelimit::redis::{RedisBackend, RedisConfig};
 use finsight_ratelimit::{
     Algorithm, CostTable, Limiter, ManualClock, RateLimitLayer, Rule, RuleOutcome, RuleSet, Scope,
@@ -134,6 +137,12 @@ pub struct GatewayConfig {
     pub rules: RuleSet,
     /// Flag definitions (JSON array of the Python services' flag rows).
     pub flags_json: String,
+    /// A flag file to load instead of `flags_json` and to watch: reloaded on
+    /// change, validated before the swap (a bad flag keeps its last good
+    /// definition; evaluation never waits for a reload).
+    pub flags_file: Option<PathBuf>,
+    /// How often `flags_file` is checked for changes (default 1 s).
+    pub flags_poll: Duration,
     /// Consecutive downstream failures that open the breaker (default 5).
     pub breaker_failures: u32,
     /// How long the breaker stays open before a probe (default 30 s).
@@ -166,6 +175,8 @@ impl GatewayConfig {
             events_queue: "analytics".to_owned(),
             rules: default_rules(),
             flags_json: DEFAULT_FLAGS.to_owned(),
+            flags_file: None,
+            flags_poll: Duration::from_secs(1),
             breaker_failures: 5,
             breaker_open: Duration::from_secs(30),
             retry_attempts: 3,
@@ -179,7 +190,8 @@ impl GatewayConfig {
 
     /// Reads `GATEWAY_DOWNSTREAM_URL` (default `http://127.0.0.1:9010`),
     /// `FINSIGHT_REDIS_URL`, `FINSIGHT_AMQP_URL`, `GATEWAY_RULES` (path of a
-    /// rule-set JSON file) and `GATEWAY_FLAGS` (path of a flag JSON file).
+    /// rule-set JSON file) and `GATEWAY_FLAGS` (path of a flag JSON file,
+    /// watched for changes).
     ///
     /// # Errors
     /// [`GatewayError::Config`] when a named file cannot be read or parsed.
@@ -196,10 +208,7 @@ impl GatewayConfig {
             cfg.rules = serde_json::from_str(&text)
                 .map_err(|e| GatewayError::Config(format!("GATEWAY_RULES `{path}`: {e}")))?;
         }
-        if let Some(path) = var("GATEWAY_FLAGS") {
-            cfg.flags_json = std::fs::read_to_string(&path)
-                .map_err(|e| GatewayError::Config(format!("GATEWAY_FLAGS `{path}`: {e}")))?;
-        }
+        cfg.flags_file = var("GATEWAY_FLAGS").map(PathBuf::from);
         Ok(cfg)
     }
 }
@@ -473,6 +482,7 @@ impl Downstream {
 
 struct AppState {
     flags: FlagEngine,
+    flag_reloads: Option<tokio::sync::watch::Receiver<finsight_flags::ReloadStatus>>,
     cache: Cache<Value>,
     downstream: Downstream,
     events: Events,
@@ -486,6 +496,8 @@ pub struct Gateway {
     router: Router,
     bus: Bus,
     background: Vec<JoinHandle<()>>,
+    /// Keeps the flag file watched while the gateway lives.
+    _flag_watcher: Option<SourceWatcher>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -507,6 +519,10 @@ pub struct GatewayStats {
     pub cache_l2_hits: u64,
     /// Request events.
     pub events: EventStats,
+    /// Reloads of the flag file applied so far (0 without a flag file).
+    pub flag_reloads_applied: u64,
+    /// Why the last flag-file reload was refused (the last good flags stay).
+    pub flag_reload_error: Option<String>,
     /// Rule rejections counted by the rate limiter (a request two rules
     /// reject counts twice).
     pub rate_limit_rejections: u64,
@@ -559,6 +575,20 @@ impl Gateway {
             flags = flags.sticky_store(store);
         }
         let flags = flags.build();
+        let flag_watcher = match &cfg.flags_file {
+            Some(path) => {
+                let watcher = FileSource::new(path)
+                    .poll_interval(cfg.flags_poll)
+                    .watch(flags.clone())
+                    .await
+                    .map_err(|e| GatewayError::Flags(format!("{}: {e}", path.display())))?;
+                for e in &watcher.status().rejected {
+                    tracing::warn!(file = %path.display(), error = %e, "flag rejected");
+                }
+                Some(watcher)
+            }
+            None => None,
+        };
 
         // Rate limiter: Redis (shared by every instance) or in memory.
         let mut limiter = Limiter::builder(cfg.rules.clone());
@@ -645,6 +675,7 @@ impl Gateway {
 
         let state = Arc::new(AppState {
             flags,
+            flag_reloads: flag_watcher.as_ref().map(SourceWatcher::subscribe),
             cache,
             downstream,
             events,
@@ -657,6 +688,7 @@ impl Gateway {
             router,
             bus,
             background,
+            _flag_watcher: flag_watcher,
         })
     }
 
@@ -774,7 +806,14 @@ fn publish_breaker_changes(breaker: &CircuitBreaker, bus: Bus) -> JoinHandle<()>
 fn stats(state: &AppState) -> GatewayStats {
     let cache = state.cache.stats();
     let metrics = state.limiter.metrics();
+    let reload = state
+        .flag_reloads
+        .as_ref()
+        .map(|r| r.borrow().clone())
+        .unwrap_or_default();
     GatewayStats {
+        flag_reloads_applied: reload.applied,
+        flag_reload_error: reload.last_error,
         downstream_calls: state.downstream.calls.load(Ordering::Relaxed),
         breaker_state: state.downstream.breaker.state().as_str().to_owned(),
         cache_l1_hits: cache.l1.hits,

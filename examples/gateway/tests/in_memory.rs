@@ -130,3 +130,65 @@ async fn in_memory_defaults_serve_cache_flags_limits_and_health() {
     assert_eq!(sent, 65, "{:?}", gw.stats());
     gw.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flag_file_changes_apply_without_a_restart() {
+    let (_hits, url) = downstream().await;
+    let path = std::env::temp_dir().join(format!(
+        "{}.json",
+        finsight_testkit::unique("gateway-flags")
+    ));
+    std::fs::write(&path, gateway::DEFAULT_FLAGS).unwrap();
+    let mut cfg = GatewayConfig::new(url);
+    cfg.flags_json = "[]".into();
+    cfg.flags_file = Some(path.clone());
+    cfg.flags_poll = Duration::from_millis(20);
+    let gw = Gateway::build(cfg)
+        .await
+        .unwrap()
+        .start("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let analytics = format!("{}/api/v1/analytics/AAPL", gw.url());
+    let (s, _) = get_json(&http, analytics.clone(), "starter").await;
+    assert_eq!(s, 403, "the file's flags are loaded at start");
+
+    // Open analytics to the starter tier.
+    let opened = gateway::DEFAULT_FLAGS.replace(
+        r#""values": ["professional", "business", "enterprise"]"#,
+        r#""values": ["starter", "professional", "business", "enterprise"]"#,
+    );
+    assert_ne!(opened, gateway::DEFAULT_FLAGS);
+    std::fs::write(&path, opened).unwrap();
+    let mut status = 403;
+    for _ in 0..200 {
+        status = get_json(&http, analytics.clone(), "starter").await.0;
+        if status != 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        status, 404,
+        "reloaded: starter passes the flag (the test downstream has no analytics route)"
+    );
+
+    assert_eq!(gw.stats().flag_reloads_applied, 1);
+
+    // A broken file is refused as a whole: the last good flags stay.
+    std::fs::write(&path, "[{").unwrap();
+    let mut refused = None;
+    for _ in 0..200 {
+        refused = gw.stats().flag_reload_error;
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(refused.is_some(), "the broken file was never read");
+    assert_eq!(gw.stats().flag_reloads_applied, 1);
+    assert_eq!(get_json(&http, analytics, "starter").await.0, 404);
+    gw.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_file(&path);
+}
