@@ -958,6 +958,18 @@ async fn cached(state: &AppState, path: String) -> Result<(Value, bool), Respons
     }
 }
 
+/// The caller's flag context, with the unit's sticky assignments loaded
+/// (one Redis `MGET` when the store is Redis and a flag is sticky; nothing
+/// otherwise). A store failure is logged and evaluation uses the computed
+/// buckets.
+async fn flag_context(state: &AppState, id: &Identity) -> EvaluationContext {
+    let ctx = id.flag_context();
+    if let Err(e) = state.flags.preload(&ctx).await {
+        tracing::debug!(error = %e, "sticky assignments not preloaded");
+    }
+    ctx
+}
+
 async fn quote(
     State(state): State<Arc<AppState>>,
     Path(symbol): Path<String>,
@@ -970,7 +982,7 @@ async fn quote(
     // Flag-gated behaviour: real-time tiers bypass the cache.
     let realtime = state
         .flags
-        .is_enabled("realtime-quotes", &id.flag_context());
+        .is_enabled("realtime-quotes", &flag_context(&state, &id).await);
     let (quote, source) = if realtime {
         match state.downstream.get(&path).await {
             Ok(v) => (v, "downstream"),
@@ -997,7 +1009,7 @@ async fn analytics(
     // Flag-gated endpoint.
     let detail = state
         .flags
-        .bool_detail("analytics-api", &id.flag_context(), false);
+        .bool_detail("analytics-api", &flag_context(&state, &id).await, false);
     if !detail.value {
         return (
             StatusCode::FORBIDDEN,
