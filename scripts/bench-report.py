@@ -7,6 +7,9 @@ BENCHMARKS.md by hand: run this script.
                                             # results of the others are kept from earlier runs
     scripts/bench-report.py --no-run        # only rewrite the report from existing results
 
+The bench target `gateway` is the load run of examples/gateway with wrk
+(scripts/load-gateway.sh), not a criterion target; it runs with the others.
+
 Sources:
 * criterion results, target/criterion/**/new/{benchmark,estimates}.json. A
   comparison is a group `<crate>/<scenario>` with functions `finsight` and
@@ -74,7 +77,7 @@ def bench_targets():
             in_bench = s == "[[bench]]"
         elif in_bench and s.startswith("name"):
             names.append(s.split("=", 1)[1].strip().strip('"'))
-    return names
+    return names + ["gateway"]
 
 
 def fmt_time(ns):
@@ -228,7 +231,10 @@ def main():
         subprocess.run([str(services)], check=True)
         for b in benches:
             (TARGET / "finsight-bench" / f"{b}.jsonl").unlink(missing_ok=True)
-            cmd = ["cargo", "bench", "-p", "finsight-benches", "--bench", b, "--", *CRITERION_ARGS]
+            if b == "gateway":
+                cmd = [str(ROOT / "scripts" / "load-gateway.sh")]
+            else:
+                cmd = ["cargo", "bench", "-p", "finsight-benches", "--bench", b, "--", *CRITERION_ARGS]
             print("bench-report: " + " ".join(cmd), flush=True)
             subprocess.run(cmd, cwd=ROOT, check=True)
     report(command)

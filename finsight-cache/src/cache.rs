@@ -468,6 +468,12 @@ fn weight_of(key: &str, json: Option<&[u8]>) -> u32 {
 }
 
 impl<V: Value> Inner<V> {
+    /// The L1 entry for `key` if it is still fresh (one moka lookup).
+    async fn fresh_l1(&self, key: &str) -> Option<Entry<V>> {
+        let e = self.l1.as_ref()?.get(key).await?;
+        ((self.trust_moka_expiry && e.fast) || Instant::now() < e.fresh_until).then_some(e)
+    }
+
     fn hit(&self, e: Entry<V>) -> Option<V> {
         if e.value.is_some() {
             inc(&self.counters.l1_hits);
@@ -708,6 +714,13 @@ impl<V: Value> Inner<V> {
         E: Into<BoxError> + Send + 'static,
     {
         Box::pin(async move {
+            // A caller can miss L1 just before the previous flight's fill
+            // lands and join only after that flight has finished; it then
+            // leads a new flight. Such a flight serves the fresh fill instead
+            // of loading again, so concurrent misses run the loader once.
+            if !refresh && let Some(e) = self.fresh_l1(&key).await {
+                return Ok(e.value);
+            }
             let token = self.gens.token(&key);
             // A refresh accepts a Redis value only if another instance already
             // refreshed it (more TTL left than the refresh threshold).

@@ -81,6 +81,34 @@ async fn get_or_load_64_concurrent_misses_run_the_loader_once() {
     assert!(s.coalesced_waits > 0, "{s:?}");
 }
 
+/// Fast loaders on a multi-threaded runtime: late callers can miss L1 just
+/// before the fill lands and reach the flight map just after the flight
+/// finished. They must still not run the loader a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_callers_after_a_finished_flight_do_not_load_again() {
+    let c = cache(cfg(60)).await;
+    for i in 0..300 {
+        let key = format!("late{i}");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::with_capacity(64);
+        for _ in 0..64 {
+            let (c, key, calls) = (c.clone(), key.clone(), Arc::clone(&calls));
+            tasks.push(tokio::spawn(async move {
+                c.get_or_load(&key, move || async move {
+                    calls.fetch_add(1, SeqCst);
+                    tokio::task::yield_now().await;
+                    Ok::<_, std::io::Error>(Some(q("MSFT", 3.0)))
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Some(q("MSFT", 3.0)));
+        }
+        assert_eq!(calls.load(SeqCst), 1, "key {key}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn loader_errors_are_shared_and_not_cached() {
     let c = cache(cfg(60)).await;
