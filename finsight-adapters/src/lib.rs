@@ -44,12 +44,15 @@
 //! * [`health::HealthCacheExt::cache_check`] (`health-cache`): a two-level
 //!   cache's Redis link (its invalidation channel) as a health check, with no
 //!   I/O per report.
+//! * [`shared_redis::SharedRedis`] (`shared-redis`): one Redis
+//!   `ConnectionManager` whose clones serve the cache's data commands, the
+//!   rate limiter's checks and the flags' sticky store and source (the
+//!   cache's invalidation and the flag source's pub/sub listener keep their
+//!   dedicated connections).
 //!
-//! Adapters that need a hook the crates do not expose yet are not here:
-//! one Redis `ConnectionManager` shared by cache, rate limiter and flags (all
-//! three take a URL and open their own connection), and a resilience breaker
-//! around the cache's and the rate limiter's Redis calls (both bound their
-//! calls with their own timeouts and fail over internally, with no call hook).
+//! Not here yet: a resilience breaker around the cache's and the rate
+//! limiter's Redis calls (both bound their calls with their own timeouts and
+//! fail over internally, with no call hook).
 //!
 //! # Feature flags
 //!
@@ -58,6 +61,7 @@
 //! | `flags-bus` | [`flags_bus::BusExposureSink`] | `finsight-flags`, `finsight-bus` | no |
 //! | `health-bus` | [`health::HealthBusExt`] | `finsight-resilience`, `finsight-bus` | no |
 //! | `health-cache` | [`health::HealthCacheExt`] | `finsight-resilience`, `finsight-cache` (`redis`) | no |
+//! | `shared-redis` | [`shared_redis::SharedRedis`] | `finsight-cache`, `finsight-ratelimit`, `finsight-flags` (each with `redis`), `redis` | no |
 //! | `full` | every adapter (docs.rs, CI) | all of the above | no |
 //!
 //! Without features the crate is empty.
@@ -79,6 +83,10 @@ pub mod flags_bus;
     doc(cfg(any(feature = "health-bus", feature = "health-cache")))
 )]
 pub mod health;
+
+#[cfg(feature = "shared-redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shared-redis")))]
+pub mod shared_redis;
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

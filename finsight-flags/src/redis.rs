@@ -77,6 +77,7 @@ pub struct RedisStickyStoreBuilder {
     local_capacity: usize,
     queue: usize,
     timeout: Duration,
+    shared: Option<ConnectionManager>,
 }
 
 impl RedisStickyStoreBuilder {
@@ -112,6 +113,16 @@ impl RedisStickyStoreBuilder {
         self
     }
 
+    /// Uses `conn`, an existing `ConnectionManager` (for instance one shared
+    /// with a cache and a rate limiter), for preloads and write-behind
+    /// instead of a manager of the store's own; the builder's URL and
+    /// [`timeout`](Self::timeout) are then not used (the manager's timeouts
+    /// are its owner's). Free: a clone of a multiplexed connection, no I/O.
+    pub fn connection_manager(mut self, conn: ConnectionManager) -> Self {
+        self.shared = Some(conn);
+        self
+    }
+
     /// The store. Does not connect yet (the connection is made by the first
     /// preload or write), so it builds while Redis is down; starts the
     /// write-behind task on the current tokio runtime.
@@ -121,7 +132,10 @@ impl RedisStickyStoreBuilder {
     pub fn build(self) -> Result<RedisStickyStore, Error> {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::Config("RedisStickyStore needs a running tokio runtime".into()))?;
-        let conn = manager(client(&self.url)?, self.timeout)?;
+        let conn = match self.shared {
+            Some(conn) => conn,
+            None => manager(client(&self.url)?, self.timeout)?,
+        };
         let (tx, rx) = mpsc::channel(self.queue);
         let counters = Arc::new(Counters::default());
         rt.spawn(write_behind(conn.clone(), rx, self.ttl, counters.clone()));
@@ -178,6 +192,7 @@ impl RedisStickyStore {
             local_capacity: 100_000,
             queue: 10_000,
             timeout: Duration::from_millis(500),
+            shared: None,
         }
     }
 
@@ -323,6 +338,27 @@ impl RedisFlagSource {
         let conn = manager(client.clone(), Duration::from_secs(2))?;
         Ok(Self {
             client,
+            conn,
+            hash_key: "feature_flags".to_owned(),
+            channel: "feature_flags:changed".to_owned(),
+            resync: Duration::from_secs(30),
+        })
+    }
+
+    /// A source whose reads and writes (`HGETALL`, `HSET`, `HDEL`,
+    /// `PUBLISH`) go through `conn`, an existing `ConnectionManager` (for
+    /// instance one shared with a cache and a rate limiter). Free: no I/O.
+    ///
+    /// `url` (the same server as `conn`) is used only by
+    /// [`watch`](Self::watch) for its **dedicated** pub/sub connection: a
+    /// subscribed connection cannot carry other commands, so it is never the
+    /// shared one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid URL.
+    pub fn from_connection_manager(url: &str, conn: ConnectionManager) -> Result<Self, Error> {
+        Ok(Self {
+            client: client(url)?,
             conn,
             hash_key: "feature_flags".to_owned(),
             channel: "feature_flags:changed".to_owned(),

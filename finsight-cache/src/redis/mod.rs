@@ -88,6 +88,7 @@ pub struct RedisOptions {
     invalidation: Invalidation,
     heartbeat: Duration,
     connect_timeout: Duration,
+    shared: Option<ConnectionManager>,
 }
 
 impl RedisOptions {
@@ -106,7 +107,30 @@ impl RedisOptions {
             invalidation: Invalidation::Tracking,
             heartbeat: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
+            shared: None,
         })
+    }
+
+    /// Sends the cache's data commands (`GET`/`SET`/`DEL`, the fetch and
+    /// lease scripts, `SCAN`) through `conn`, an existing
+    /// `ConnectionManager` (for instance one shared with a rate limiter and
+    /// flags), instead of a manager of the cache's own. Free: the manager is
+    /// a cheap clone of a multiplexed connection; no I/O until used.
+    ///
+    /// `conn` should be to the same server as this options' URL. Its
+    /// connection and response timeouts are the owner's; the cache still
+    /// bounds each call with its own `l2_timeout`.
+    ///
+    /// The invalidation channel keeps its **dedicated** connections (made
+    /// from the URL): client tracking (`CLIENT TRACKING … REDIRECT`) and the
+    /// pub/sub subscription are per-connection state that cannot live on a
+    /// shared multiplexed connection. While tracking is up, this instance's
+    /// writes go through the tracking connection (`NOLOOP`), as without a
+    /// shared manager; with [`Invalidation::Off`] every command uses `conn`.
+    #[must_use]
+    pub fn connection_manager(mut self, conn: ConnectionManager) -> Self {
+        self.shared = Some(conn);
+        self
     }
 
     /// Chooses the invalidation transport (default [`Invalidation::Tracking`]).
@@ -175,18 +199,21 @@ impl L2 {
         cfg: &CacheConfig,
         counters: &Arc<Counters>,
     ) -> Result<Self> {
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(cfg.l2_timeout))
-            .set_connection_timeout(Some(cfg.l2_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
+        let conn = if let Some(shared) = &opts.shared {
+            shared.clone()
+        } else {
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(cfg.l2_timeout))
+                .set_connection_timeout(Some(cfg.l2_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
             ConnectionManager::new_lazy_with_config(opts.client.clone(), config).map_err(|e| {
                 Error::Config {
                     cache: cfg.name.clone(),
                     message: format!("cannot create the Redis connection manager: {e}"),
                 }
-            })?;
+            })?
+        };
         let initial = if opts.invalidation == Invalidation::Off {
             InvalidationStatus::Off
         } else {

@@ -157,12 +157,42 @@ impl RedisBackend {
             .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let mut conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, mc))
+        let conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, mc))
             .await
             .map_err(|_| Error::Timeout(limit))?
             .map_err(backend_err)?;
+        Self::with_manager(conn, cfg, limit).await
+    }
+
+    /// A backend on an existing `ConnectionManager` (for instance one shared
+    /// with a cache and flags), instead of a connection of its own; loads the
+    /// script (one `SCRIPT LOAD` round trip, bounded by the configured
+    /// timeout, at least 1 s). The URL in `cfg` is not used; every other
+    /// setting is. Checks are multiplexed on `conn` with the other users'
+    /// commands and each is still bounded by the configured timeout; the
+    /// manager's own reconnect policy is its owner's.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when Redis cannot be reached;
+    /// [`Error::Timeout`] when loading the script takes too long.
+    pub async fn from_connection_manager(
+        conn: ConnectionManager,
+        cfg: RedisConfig,
+    ) -> Result<Self> {
+        let limit = cfg.timeout.max(Duration::from_secs(1));
+        Self::with_manager(conn, cfg, limit).await
+    }
+
+    async fn with_manager(
+        mut conn: ConnectionManager,
+        cfg: RedisConfig,
+        limit: Duration,
+    ) -> Result<Self> {
         let script = redis::Script::new(SCRIPT);
-        script.load_async(&mut conn).await.map_err(backend_err)?;
+        tokio::time::timeout(limit, script.load_async(&mut conn))
+            .await
+            .map_err(|_| Error::Timeout(limit))?
+            .map_err(backend_err)?;
         Ok(Self {
             conn,
             script,
