@@ -49,10 +49,10 @@
 //!   rate limiter's checks and the flags' sticky store and source (the
 //!   cache's invalidation and the flag source's pub/sub listener keep their
 //!   dedicated connections).
-//!
-//! Not here yet: a resilience breaker around the cache's and the rate
-//! limiter's Redis calls (both bound their calls with their own timeouts and
-//! fail over internally, with no call hook).
+//! * [`resilience_redis::BreakerGuard`] (`resilience-redis`): a
+//!   `finsight_resilience::CircuitBreaker` guarding the cache's and the rate
+//!   limiter's Redis calls through their `RedisCallGuard` hooks; while it is
+//!   open they stay off Redis and fall back as they do when Redis fails.
 //!
 //! # Feature flags
 //!
@@ -62,6 +62,7 @@
 //! | `health-bus` | [`health::HealthBusExt`] | `finsight-resilience`, `finsight-bus` | no |
 //! | `health-cache` | [`health::HealthCacheExt`] | `finsight-resilience`, `finsight-cache` (`redis`) | no |
 //! | `shared-redis` | [`shared_redis::SharedRedis`] | `finsight-cache`, `finsight-ratelimit`, `finsight-flags` (each with `redis`), `redis` | no |
+//! | `resilience-redis` | [`resilience_redis::BreakerGuard`] | `finsight-resilience`, `finsight-cache` (`redis`), `finsight-ratelimit` (`redis`) | no |
 //! | `full` | every adapter (docs.rs, CI) | all of the above | no |
 //!
 //! Without features the crate is empty.
@@ -84,6 +85,9 @@ pub mod flags_bus;
 )]
 pub mod health;
 
+#[cfg(feature = "resilience-redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "resilience-redis")))]
+pub mod resilience_redis;
 #[cfg(feature = "shared-redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shared-redis")))]
 pub mod shared_redis;

@@ -108,6 +108,6 @@ pub use limiter::{Limiter, LimiterBuilder};
 pub use metrics::{MetricsSnapshot, RuleOutcome};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::{FailureMode, RedisBackend, RedisConfig};
+pub use redis::{FailureMode, RedisBackend, RedisCallGuard, RedisCallPermit, RedisConfig};
 pub use request::RequestInfo;
 pub use rule::{CostTable, KeyId, Rule, RuleSet, Scope, ThrottleAction, Tier, TierOverride};

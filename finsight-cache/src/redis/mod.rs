@@ -81,6 +81,35 @@ impl InvalidationStatus {
     }
 }
 
+/// A hook consulted before each of the cache's Redis data calls (for
+/// instance a circuit breaker), set with [`RedisOptions::call_guard`].
+///
+/// [`admit`](Self::admit) runs before every call (`GET`+`PTTL` script,
+/// `SET`, `UNLINK`, `SCAN`, lease `SET NX` and release, invalidation
+/// `PUBLISH`). `None` skips Redis: the call fails with [`Error::Backend`]
+/// and the cache does exactly what it does when Redis fails (a read falls
+/// back to L1 / a miss / the loader and counts an L2 error, a write returns
+/// the error). `Some(permit)` makes the call and then reports its outcome
+/// on the permit (a Redis error or a timeout is a failure; a value that
+/// does not decode is not a Redis failure, so it is reported as a success).
+/// A permit dropped without a report (the caller's future was cancelled)
+/// is the implementation's to treat as cancelled. Not consulted by the
+/// invalidation channel's dedicated connections.
+///
+/// Cost: one `admit` per Redis call plus whatever the permit costs (a
+/// `Box` allocation per call for a permit with state).
+pub trait RedisCallGuard: Send + Sync + 'static {
+    /// A permit for one Redis call, or `None` to skip Redis for this call.
+    fn admit(&self) -> Option<Box<dyn RedisCallPermit>>;
+}
+
+/// Leave for one Redis call, from [`RedisCallGuard::admit`].
+pub trait RedisCallPermit: Send + Sync {
+    /// Reports how the call ended: `true` when Redis answered, `false` on a
+    /// Redis error or a timeout.
+    fn record(self: Box<Self>, ok: bool);
+}
+
 /// Where Redis is and how to use it; pass to [`crate::CacheBuilder::redis`].
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
@@ -89,6 +118,16 @@ pub struct RedisOptions {
     heartbeat: Duration,
     connect_timeout: Duration,
     shared: Option<ConnectionManager>,
+    guard: Option<GuardSlot>,
+}
+
+#[derive(Clone)]
+struct GuardSlot(Arc<dyn RedisCallGuard>);
+
+impl std::fmt::Debug for GuardSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisCallGuard")
+    }
 }
 
 impl RedisOptions {
@@ -108,7 +147,17 @@ impl RedisOptions {
             heartbeat: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             shared: None,
+            guard: None,
         })
+    }
+
+    /// Consults `guard` before each Redis data call and reports each call's
+    /// outcome to it (see [`RedisCallGuard`]); for instance a circuit
+    /// breaker that keeps the cache off a failing Redis. Default: none.
+    #[must_use]
+    pub fn call_guard(mut self, guard: impl RedisCallGuard) -> Self {
+        self.guard = Some(GuardSlot(Arc::new(guard)));
+        self
     }
 
     /// Sends the cache's data commands (`GET`/`SET`/`DEL`, the fetch and
@@ -191,6 +240,7 @@ pub(crate) struct L2 {
     source: String,
     channel: String,
     counters: Arc<Counters>,
+    guard: Option<GuardSlot>,
 }
 
 impl L2 {
@@ -232,6 +282,7 @@ impl L2 {
             source: format!("{:016x}", crate::random_u64()),
             channel: invalidation::channel(&cfg.prefix),
             counters: Arc::clone(counters),
+            guard: opts.guard.clone(),
         })
     }
 
@@ -251,7 +302,27 @@ impl L2 {
         op: &'static str,
         fut: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let permit = match &self.guard {
+            None => None,
+            Some(GuardSlot(guard)) => match guard.admit() {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(cache = %self.name, op, "Redis call not admitted by the call guard");
+                    return Err(Error::Backend {
+                        cache: self.name.clone(),
+                        op,
+                        source:
+                            "Redis call not admitted by the call guard (e.g. circuit breaker open)"
+                                .into(),
+                    });
+                }
+            },
+        };
+        let result = tokio::time::timeout(self.timeout, fut).await;
+        if let Some(permit) = permit {
+            permit.record(matches!(result, Ok(Ok(_))));
+        }
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Error::Backend {
                 cache: self.name.clone(),

@@ -46,6 +46,33 @@ pub enum FailureMode {
     Closed,
 }
 
+/// A hook consulted before each of the limiter's Redis calls (for instance
+/// a circuit breaker), set with [`RedisConfig::call_guard`].
+///
+/// [`admit`](Self::admit) runs before every check's `EVALSHA` (not while
+/// Redis is already marked down after a failure, see
+/// [`RedisConfig::retry_interval`]). `None` skips Redis: the check is
+/// decided by the configured [`FailureMode`], exactly as when Redis fails,
+/// but Redis is not marked down (the guard decides when to try again).
+/// `Some(permit)` makes the call, then reports its outcome on the permit (a
+/// Redis error or a timeout is a failure). A permit dropped without a report
+/// (the check's future was cancelled) is the implementation's to treat as
+/// cancelled.
+///
+/// Cost: one `admit` per check plus whatever the permit costs (a `Box`
+/// allocation per check for a permit with state).
+pub trait RedisCallGuard: Send + Sync + 'static {
+    /// A permit for one Redis call, or `None` to skip Redis for this check.
+    fn admit(&self) -> Option<Box<dyn RedisCallPermit>>;
+}
+
+/// Leave for one Redis call, from [`RedisCallGuard::admit`].
+pub trait RedisCallPermit: Send + Sync {
+    /// Reports how the call ended: `true` when Redis answered, `false` on a
+    /// Redis error or a timeout.
+    fn record(self: Box<Self>, ok: bool);
+}
+
 /// Settings of a [`RedisBackend`].
 #[derive(Clone)]
 #[must_use]
@@ -56,6 +83,7 @@ pub struct RedisConfig {
     retry_interval: Duration,
     failure: FailureMode,
     clock: Option<Arc<dyn Clock>>,
+    guard: Option<Arc<dyn RedisCallGuard>>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -65,6 +93,7 @@ impl fmt::Debug for RedisConfig {
             .field("timeout", &self.timeout)
             .field("retry_interval", &self.retry_interval)
             .field("failure", &self.failure)
+            .field("call_guard", &self.guard.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -79,7 +108,16 @@ impl RedisConfig {
             retry_interval: Duration::from_secs(1),
             failure: FailureMode::Local,
             clock: None,
+            guard: None,
         }
+    }
+
+    /// Consults `guard` before each check's Redis call and reports each
+    /// call's outcome to it (see [`RedisCallGuard`]); for instance a circuit
+    /// breaker that keeps the limiter off a failing Redis. Default: none.
+    pub fn call_guard(mut self, guard: impl RedisCallGuard) -> Self {
+        self.guard = Some(Arc::new(guard));
+        self
     }
 
     /// The hash tag and key prefix (default `finsight-rl`): keys are
@@ -240,6 +278,20 @@ impl RedisBackend {
                 .arg(it.cost)
                 .arg(u8::from(it.rule.rule.shadow));
         }
+        let permit = match &self.cfg.guard {
+            None => None,
+            Some(guard) => match guard.admit() {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(mode = ?self.cfg.failure, "rate-limit Redis call not admitted by the call guard");
+                    return Err(Error::Backend {
+                        source:
+                            "Redis call not admitted by the call guard (e.g. circuit breaker open)"
+                                .into(),
+                    });
+                }
+            },
+        };
         let mut conn = self.conn.clone();
         let res: Result<Vec<i64>> =
             match tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await {
@@ -247,6 +299,9 @@ impl RedisBackend {
                 Ok(Err(e)) => Err(backend_err(e)),
                 Err(_) => Err(Error::Timeout(self.cfg.timeout)),
             };
+        if let Some(permit) = permit {
+            permit.record(res.is_ok());
+        }
         let raw = match res {
             Ok(v) => v,
             Err(e) => {
