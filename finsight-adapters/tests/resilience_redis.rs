@@ -153,3 +153,50 @@ async fn limiter_uses_its_failure_mode_while_the_breaker_is_open() {
         assert_eq!(guard.breaker().metrics().successes, 1);
     }
 }
+
+#[tokio::test]
+async fn redis_errors_open_the_limiter_breaker() {
+    let guard = BreakerGuard::new(breaker("rl-errors"));
+    let tag = unique("guarded-rl-err");
+    let rules = RuleSet::new(vec![Rule::new(
+        "r",
+        Scope::Tenant,
+        Algorithm::FixedWindow,
+        5,
+        Duration::from_secs(3600),
+    )]);
+    let backend = RedisBackend::connect(
+        RedisConfig::new(redis_url())
+            .tag(&tag)
+            .timeout(Duration::from_secs(2))
+            .retry_interval(Duration::from_micros(1))
+            .failure_mode(FailureMode::Closed)
+            .call_guard(guard.clone()),
+    )
+    .await
+    .expect("redis reachable (run scripts/services.sh)");
+    let l = Limiter::builder(rules).redis(backend).build().unwrap();
+    let req = RequestInfo::new("GET", "/").tenant("acme");
+    assert!(l.check(&req).await.unwrap().is_allowed());
+
+    // Make the script fail for real: the limiter's key now holds a hash (WRONGTYPE).
+    let mut raw = raw().await;
+    let keys: Vec<String> = raw.keys(format!("{{{tag}}}:*")).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let () = raw.del(&keys[0]).await.unwrap();
+    let () = raw.hset(&keys[0], "f", "v").await.unwrap();
+
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(2)).await; // past the retry interval
+        let d = l.check(&req).await.unwrap();
+        assert!(d.fallback && !d.is_allowed(), "{d:?}");
+    }
+    assert_eq!(guard.breaker().state(), State::Open);
+    let m = guard.breaker().metrics();
+    assert_eq!((m.successes, m.failures, m.rejected), (1, 2, 0), "{m:?}");
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let d = l.check(&req).await.unwrap();
+    assert!(d.fallback && !d.is_allowed(), "{d:?}");
+    assert_eq!(guard.breaker().metrics().rejected, 1);
+    let () = raw.del(&keys[0]).await.unwrap();
+}
