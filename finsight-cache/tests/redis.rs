@@ -459,3 +459,61 @@ async fn foreign_shapes_in_redis_are_counted_not_fatal() {
         .unwrap();
     assert_eq!(v, Some(s(10)));
 }
+
+/// A call guard that admits while `open` is false and counts outcomes.
+#[derive(Clone, Default)]
+struct CountingGuard {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+}
+
+struct CountingPermit(CountingGuard);
+
+impl finsight_cache::redis::RedisCallPermit for CountingPermit {
+    fn record(self: Box<Self>, ok: bool) {
+        let c = if ok { &self.0.ok } else { &self.0.failed };
+        c.fetch_add(1, SeqCst);
+    }
+}
+
+impl finsight_cache::redis::RedisCallGuard for CountingGuard {
+    fn admit(&self) -> Option<Box<dyn finsight_cache::redis::RedisCallPermit>> {
+        (!self.open.load(SeqCst)).then(|| Box::new(CountingPermit(self.clone())) as _)
+    }
+}
+
+#[tokio::test]
+async fn a_call_guard_that_refuses_keeps_the_cache_off_redis() {
+    let guard = CountingGuard::default();
+    let p = prefix("guard");
+    let c: Cache<Session> = Cache::builder(CacheConfig::new("guard", &p, Duration::from_secs(60)))
+        .redis(
+            RedisOptions::new(&redis_url())
+                .unwrap()
+                .invalidation(Invalidation::Off)
+                .call_guard(guard.clone()),
+        )
+        .build()
+        .await
+        .unwrap();
+    let mut r = raw().await;
+    let json = serde_json::to_string(&s(7)).unwrap();
+    let () = redis::AsyncCommands::set(&mut r, format!("{p}k"), &json)
+        .await
+        .unwrap();
+
+    guard.open.store(true, SeqCst);
+    assert_eq!(c.get("k").await.unwrap(), None, "refused read is a miss");
+    assert!(c.set("w", &s(1)).await.is_err(), "refused write reports it");
+    let exists: bool = redis::AsyncCommands::exists(&mut r, format!("{p}w"))
+        .await
+        .unwrap();
+    assert!(!exists);
+    assert_eq!((guard.ok.load(SeqCst), guard.failed.load(SeqCst)), (0, 0));
+
+    guard.open.store(false, SeqCst);
+    assert_eq!(c.get("k").await.unwrap(), Some(s(7)));
+    c.set("w", &s(1)).await.unwrap();
+    assert_eq!((guard.ok.load(SeqCst), guard.failed.load(SeqCst)), (2, 0));
+}

@@ -402,3 +402,72 @@ async fn outage_redis_down_fails_open_closed_or_local_without_hanging() {
     }
     assert!(back, "the limiter uses Redis again after the outage");
 }
+
+/// A call guard that admits while `open` is false and counts outcomes.
+#[derive(Clone, Default)]
+struct CountingGuard {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+struct CountingPermit(CountingGuard);
+
+impl finsight_ratelimit::RedisCallPermit for CountingPermit {
+    fn record(self: Box<Self>, ok: bool) {
+        let c = if ok { &self.0.ok } else { &self.0.failed };
+        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl finsight_ratelimit::RedisCallGuard for CountingGuard {
+    fn admit(&self) -> Option<Box<dyn finsight_ratelimit::RedisCallPermit>> {
+        (!self.open.load(std::sync::atomic::Ordering::SeqCst))
+            .then(|| Box::new(CountingPermit(self.clone())) as _)
+    }
+}
+
+#[tokio::test]
+async fn a_call_guard_that_refuses_keeps_checks_off_redis_and_sees_every_outcome() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let guard = CountingGuard::default();
+    let tag = unique("rl-guard");
+    let rules = RuleSet::new(vec![Rule::new(
+        "g",
+        Scope::Tenant,
+        Algorithm::Gcra,
+        3,
+        HOUR,
+    )]);
+    let l = redis_limiter(
+        &rules,
+        RedisConfig::new(redis_url())
+            .tag(&tag)
+            .timeout(Duration::from_secs(2))
+            .failure_mode(FailureMode::Closed)
+            .call_guard(guard.clone()),
+    )
+    .await;
+    let req = RequestInfo::new("GET", "/").tenant("acme");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+
+    guard.open.store(true, SeqCst);
+    let d = l.check(&req).await.unwrap();
+    assert!(d.fallback && !d.is_allowed(), "fail closed: {d:?}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{tag}}}:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "Redis touched: {keys:?}");
+    assert_eq!((guard.ok.load(SeqCst), guard.failed.load(SeqCst)), (0, 0));
+
+    // Admitted again at once: a refusal does not mark Redis down.
+    guard.open.store(false, SeqCst);
+    for _ in 0..2 {
+        let d = l.check(&req).await.unwrap();
+        assert!(!d.fallback && d.is_allowed(), "{d:?}");
+    }
+    assert_eq!((guard.ok.load(SeqCst), guard.failed.load(SeqCst)), (2, 0));
+}
