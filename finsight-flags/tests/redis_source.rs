@@ -133,3 +133,27 @@ async fn outage_redis_source_keeps_serving_and_resyncs() {
     .await
     .expect("the change after the outage is applied");
 }
+
+#[tokio::test]
+async fn a_source_on_an_existing_connection_manager_follows_changes() {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let name = unique("flags-shared");
+    let src = RedisFlagSource::from_connection_manager(&redis_url(), manager)
+        .unwrap()
+        .hash_key(format!("{name}:feature_flags"))
+        .channel(format!("{name}:changed"));
+    src.publish(&on("a", 0)).await.unwrap();
+    let engine = FlagEngine::new(Default::default());
+    let w = src.clone().watch(engine.clone()).await.unwrap();
+    let ctx = EvaluationContext::new().user_id("u");
+    assert!(!engine.is_enabled("a", &ctx));
+    let mut rx = w.subscribe();
+    wait_for(&mut rx, |s| s.applied >= 1).await;
+    let applied = w.status().applied;
+
+    // The notification arrives on the watcher's dedicated pub/sub connection.
+    src.publish(&on("a", 100)).await.unwrap();
+    wait_for(&mut rx, |s| s.applied > applied).await;
+    assert!(engine.is_enabled("a", &ctx));
+}

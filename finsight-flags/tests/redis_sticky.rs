@@ -175,3 +175,47 @@ async fn outage_redis_sticky_evaluation_goes_on() {
     }
     assert!(ok, "writes resume after Redis is back: {:?}", store.stats());
 }
+
+#[tokio::test]
+async fn a_store_on_an_existing_connection_manager_writes_and_preloads() {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let flag = unique("sticky-shared");
+    let prefix = format!("{}:user_buckets:", unique("t"));
+    // The URL is not used when a manager is given.
+    let store = RedisStickyStore::builder("redis://unused.invalid")
+        .connection_manager(manager.clone())
+        .prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let engine = FlagEngine::builder()
+        .flags(flags(&flag, [50, 50]))
+        .sticky_store(store.clone())
+        .build();
+    let first = engine.string_value(&flag, &EvaluationContext::new().user_id("u-1"), "");
+    wait_until(|| store.stats().written >= 1).await;
+    let v: String = conn()
+        .await
+        .get(format!("{prefix}{flag}:user:u-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        format!("variant:{}", if first == "A" { "a" } else { "b" })
+    );
+
+    // A second store on the same manager preloads it, after a weight change.
+    let store2 = RedisStickyStore::builder("redis://unused.invalid")
+        .connection_manager(manager)
+        .prefix(prefix)
+        .build()
+        .unwrap();
+    let engine2 = FlagEngine::builder()
+        .flags(flags(&flag, [0, 100]))
+        .sticky_store(store2.clone())
+        .build();
+    let ctx = EvaluationContext::new().user_id("u-1");
+    engine2.preload(&ctx).await.unwrap();
+    assert_eq!(store2.stats().preloaded, 1);
+    assert_eq!(engine2.string_value(&flag, &ctx, ""), first);
+}
