@@ -471,3 +471,45 @@ async fn a_call_guard_that_refuses_keeps_checks_off_redis_and_sees_every_outcome
     }
     assert_eq!((guard.ok.load(SeqCst), guard.failed.load(SeqCst)), (2, 0));
 }
+
+#[tokio::test]
+async fn a_backend_on_an_existing_connection_manager_shares_limits_with_a_connected_one() {
+    let tag = unique("rl-manager");
+    let rules = RuleSet::new(vec![Rule::new(
+        "m",
+        Scope::Tenant,
+        Algorithm::FixedWindow,
+        3,
+        HOUR,
+    )]);
+    let client = redis::Client::open(redis_url()).unwrap();
+    let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+    // The URL of the config is not used with a manager.
+    let on_manager = RedisBackend::from_connection_manager(
+        manager,
+        RedisConfig::new("redis://unused.invalid")
+            .tag(&tag)
+            .timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    let a = Limiter::builder(rules.clone())
+        .redis(on_manager)
+        .build()
+        .unwrap();
+    let b = redis_limiter(
+        &rules,
+        RedisConfig::new(redis_url())
+            .tag(&tag)
+            .timeout(Duration::from_secs(2)),
+    )
+    .await;
+    let req = RequestInfo::new("GET", "/").tenant("acme");
+    let mut allowed = vec![];
+    for l in [&a, &b, &a, &b] {
+        let d = l.check(&req).await.unwrap();
+        assert!(!d.fallback, "{d:?}");
+        allowed.push(d.is_allowed());
+    }
+    assert_eq!(allowed, [true, true, true, false]);
+}
