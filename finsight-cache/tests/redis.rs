@@ -517,3 +517,46 @@ async fn a_call_guard_that_refuses_keeps_the_cache_off_redis() {
     c.set("w", &s(1)).await.unwrap();
     assert_eq!((guard.ok.load(SeqCst), guard.failed.load(SeqCst)), (2, 0));
 }
+
+#[tokio::test]
+async fn data_commands_run_on_a_given_connection_manager() {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let name = unique("cache-manager").replace([':', ' '], "-");
+    let () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(&name)
+        .query_async(&mut manager)
+        .await
+        .unwrap();
+    let p = prefix("manager");
+    let c: Cache<Session> =
+        Cache::builder(CacheConfig::new("manager", &p, Duration::from_secs(60)))
+            .redis(
+                RedisOptions::new(&redis_url())
+                    .unwrap()
+                    .invalidation(Invalidation::Off)
+                    .connection_manager(manager),
+            )
+            .build()
+            .await
+            .unwrap();
+    c.set("k", &s(3)).await.unwrap();
+    let mut r = raw().await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let tag = format!(" name={name} ");
+    let mine: Vec<&str> = list.lines().filter(|l| l.contains(&tag)).collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert!(
+        mine[0].contains(" cmd=set "),
+        "the SET ran elsewhere: {mine:?}"
+    );
+    let stored: String = redis::AsyncCommands::get(&mut r, format!("{p}k"))
+        .await
+        .unwrap();
+    assert_eq!(stored, serde_json::to_string(&s(3)).unwrap());
+}
