@@ -56,14 +56,16 @@ use finsight_ratelimit::{
     TenantId, Tier, UserId,
 };
 use finsight_resilience::{
-    Backoff, BreakerError, CircuitBreaker, Health, HealthReport, Jitter, OnCircuitOpen,
-    OpenDuration, Retry, RetryAction, RetryBudget, RetryError,
+    Backoff, BoxError, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, Health, HealthReport,
+    Jitter, OnCircuitOpen, OpenDuration, Outcome, Retry, RetryAction, RetryBudget, RetryLayer,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 
 /// The flags the gateway ships with (the Python services' flag rows).
 ///
@@ -421,62 +423,114 @@ enum FetchError {
     GaveUp(String),
 }
 
-fn classify(r: &Result<Value, FetchError>) -> RetryAction {
+/// The `FetchError` inside a layer's boxed error, if that is what failed.
+fn as_fetch_error(e: &BoxError) -> Option<&FetchError> {
+    e.downcast_ref::<FetchError>()
+}
+
+/// Retry classifier of the downstream stack: a missing resource or a bad body
+/// is final; a breaker rejection follows the policy's `on_circuit_open`;
+/// anything else is retried.
+fn retry_classify(r: &Result<Value, BoxError>) -> RetryAction {
     match r {
-        Ok(_) | Err(FetchError::NotFound | FetchError::Body(_)) => RetryAction::Return,
-        Err(_) => RetryAction::Retry,
+        Ok(_) => RetryAction::Return,
+        Err(e) => match as_fetch_error(e) {
+            Some(FetchError::NotFound | FetchError::Body(_)) => RetryAction::Return,
+            _ => RetryAction::for_error(e.as_ref()),
+        },
     }
 }
 
-/// The downstream client: retry (with a budget) through a circuit breaker.
-#[derive(Debug, Clone)]
+/// Breaker classifier of the downstream stack: a missing resource or a bad
+/// body says nothing about the downstream's health.
+fn breaker_classify(r: &Result<Value, BoxError>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Success,
+        Err(e) => match as_fetch_error(e) {
+            Some(FetchError::NotFound | FetchError::Body(_)) => Outcome::Ignored,
+            _ => Outcome::Failure,
+        },
+    }
+}
+
+/// The downstream client as a tower stack: `RetryLayer` (with its budget)
+/// outside `CircuitBreakerLayer`, so retries wait out or give up on an open
+/// breaker instead of burning attempts.
+#[derive(Clone)]
 struct Downstream {
-    client: reqwest::Client,
-    base: Arc<str>,
+    svc: BoxCloneSyncService<String, Value, BoxError>,
     breaker: CircuitBreaker,
-    retry: Retry,
     calls: Arc<AtomicU64>,
 }
 
+impl std::fmt::Debug for Downstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downstream").finish_non_exhaustive()
+    }
+}
+
 impl Downstream {
-    async fn attempt(&self, path: &str) -> Result<Value, FetchError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        let res = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| FetchError::Transport(e.to_string()))?;
-        match res.status().as_u16() {
-            200 => {
-                let bytes = res
-                    .bytes()
+    fn new(client: reqwest::Client, base: Arc<str>, breaker: CircuitBreaker, retry: Retry) -> Self {
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&calls);
+        let attempt = tower::service_fn(move |path: String| {
+            let (client, base, calls) = (client.clone(), Arc::clone(&base), Arc::clone(&counter));
+            async move {
+                attempt(&client, &base, &path, &calls)
                     .await
-                    .map_err(|e| FetchError::Transport(e.to_string()))?;
-                serde_json::from_slice(&bytes).map_err(|e| FetchError::Body(e.to_string()))
+                    .map_err(BoxError::from)
             }
-            404 => Err(FetchError::NotFound),
-            s => Err(FetchError::Status(s)),
+        });
+        let svc = tower::ServiceBuilder::new()
+            .layer(RetryLayer::new(retry).classifier(retry_classify))
+            .layer(CircuitBreakerLayer::new(breaker.clone()).classifier(breaker_classify))
+            .service(attempt);
+        Self {
+            svc: BoxCloneSyncService::new(svc),
+            breaker,
+            calls,
         }
     }
 
-    /// One logical call: retried as `classify` says, through the breaker.
+    /// One logical call through the retry and breaker layers.
     async fn get(&self, path: &str) -> Result<Value, FetchError> {
-        let r = self
-            .retry
-            .run_through(&self.breaker, &classify, || self.attempt(path))
-            .await;
-        r.map_err(|e| match e {
-            RetryError::Failed {
-                error: BreakerError::Open(open),
-                ..
-            } => FetchError::Open(open.retry_after()),
-            RetryError::Failed {
-                error: BreakerError::Inner(inner),
-                ..
-            } => inner,
-            other => FetchError::GaveUp(other.to_string()),
-        })
+        self.svc
+            .clone()
+            .oneshot(path.to_owned())
+            .await
+            .map_err(|e| match e.downcast::<FetchError>() {
+                Ok(fetch) => *fetch,
+                Err(e) => match e.downcast_ref::<CircuitOpen>() {
+                    Some(open) => FetchError::Open(open.retry_after()),
+                    None => FetchError::GaveUp(e.to_string()),
+                },
+            })
+    }
+}
+
+/// One attempt: GET `base + path`, JSON body on 200.
+async fn attempt(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    calls: &AtomicU64,
+) -> Result<Value, FetchError> {
+    calls.fetch_add(1, Ordering::Relaxed);
+    let res = client
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .map_err(|e| FetchError::Transport(e.to_string()))?;
+    match res.status().as_u16() {
+        200 => {
+            let bytes = res
+                .bytes()
+                .await
+                .map_err(|e| FetchError::Transport(e.to_string()))?;
+            serde_json::from_slice(&bytes).map_err(|e| FetchError::Body(e.to_string()))
+        }
+        404 => Err(FetchError::NotFound),
+        s => Err(FetchError::Status(s)),
     }
 }
 
@@ -633,13 +687,12 @@ impl Gateway {
             .timeout(cfg.downstream_timeout)
             .build()
             .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
-        let downstream = Downstream {
+        let downstream = Downstream::new(
             client,
-            base: cfg.downstream_url.trim_end_matches('/').into(),
-            breaker: breaker.clone(),
+            cfg.downstream_url.trim_end_matches('/').into(),
+            breaker.clone(),
             retry,
-            calls: Arc::new(AtomicU64::new(0)),
-        };
+        );
 
         // Health: the breaker, Redis and the bus.
         let mut health = Health::new().breaker(&breaker, false);
