@@ -219,14 +219,7 @@ impl ConsumerBuilder {
     /// [`Error::NotDeclared`] when the queue is not in the bus topology;
     /// [`Error::MissingHandler`] in strict mode.
     pub fn start(self) -> Result<ConsumerHandle> {
-        let spec = self
-            .bus
-            .topology()
-            .queue(&self.queue)
-            .ok_or_else(|| Error::NotDeclared {
-                kind: "queue",
-                name: self.queue.clone(),
-            })?;
+        let spec = self.bus.topology().require_queue(&self.queue)?;
         self.router.check(spec)?;
         let (stop_tx, stop_rx) = watch::channel(None);
         let stats = Arc::new(Stats::default());

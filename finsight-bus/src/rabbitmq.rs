@@ -512,16 +512,8 @@ impl Transport for RabbitMq {
         options: SubscribeOptions,
     ) -> BoxFuture<'a, Result<Box<dyn DeliveryStream>>> {
         Box::pin(async move {
-            let spec = self
-                .inner
-                .topology
-                .lock()
-                .as_ref()
-                .and_then(|t| t.queue(queue).cloned())
-                .ok_or_else(|| Error::NotDeclared {
-                    kind: "queue",
-                    name: queue.to_owned(),
-                })?;
+            let spec =
+                Topology::require_declared_queue(self.inner.topology.lock().as_ref(), queue)?;
             let live = self.ensure().await?;
             let ch = live.conn.create_channel().await.map_err(|e| lost(&e))?;
             ch.basic_qos(options.prefetch.max(1), BasicQosOptions::default())

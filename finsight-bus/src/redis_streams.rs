@@ -555,16 +555,8 @@ impl Transport for RedisStreams {
         options: SubscribeOptions,
     ) -> BoxFuture<'a, Result<Box<dyn DeliveryStream>>> {
         Box::pin(async move {
-            let spec = self
-                .inner
-                .topology
-                .lock()
-                .as_ref()
-                .and_then(|t| t.queue(queue).cloned())
-                .ok_or_else(|| Error::NotDeclared {
-                    kind: "queue",
-                    name: queue.to_owned(),
-                })?;
+            let spec =
+                Topology::require_declared_queue(self.inner.topology.lock().as_ref(), queue)?;
             self.ensure_declared().await?;
             // A dedicated connection: XREADGROUP BLOCK would stall the shared one.
             let reader = self

@@ -213,6 +213,30 @@ impl Topology {
             .find(|q| q.name == name)
     }
 
+    /// The queue named `name`, or [`Error::NotDeclared`](crate::Error::NotDeclared)
+    /// naming it. A linear scan of the queues; allocates only on the error.
+    pub(crate) fn require_queue(&self, name: &str) -> crate::Result<&QueueSpec> {
+        self.queue(name).ok_or_else(|| crate::Error::NotDeclared {
+            kind: "queue",
+            name: name.to_owned(),
+        })
+    }
+
+    /// [`Topology::require_queue`] on a transport's declared topology, which
+    /// is `None` before the first declare.
+    pub(crate) fn require_declared_queue(
+        declared: Option<&Self>,
+        name: &str,
+    ) -> crate::Result<QueueSpec> {
+        match declared {
+            Some(t) => t.require_queue(name).cloned(),
+            None => Err(crate::Error::NotDeclared {
+                kind: "queue",
+                name: name.to_owned(),
+            }),
+        }
+    }
+
     /// Mutable access to a consumer queue, to change its arguments.
     pub fn queue_mut(&mut self, name: &str) -> Option<&mut QueueSpec> {
         self.queues.iter_mut().find(|q| q.name == name)
