@@ -297,24 +297,9 @@ impl Identity {
     }
 }
 
-/// The per-request event published on the bus (event type [`REQUEST_EVENT`]).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct RequestEvent {
-    /// HTTP method.
-    pub method: String,
-    /// Request path.
-    pub path: String,
-    /// Response status.
-    pub status: u16,
-    /// Caller's user id.
-    pub user_id: Option<String>,
-    /// Caller's tenant id.
-    pub tenant_id: Option<String>,
-    /// Caller's tier.
-    pub tier: Option<String>,
-    /// Handling time in microseconds.
-    pub latency_us: u64,
-}
+/// The per-request event published on the bus (event type [`REQUEST_EVENT`]):
+/// the worker's type, so producer and consumer share one schema.
+pub use worker::RequestEvent;
 
 /// Counters of the event publisher.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
