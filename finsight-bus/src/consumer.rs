@@ -142,6 +142,8 @@ pub struct ConsumerBuilder {
     consumer_name: Option<String>,
     resubscribe_initial: Duration,
     resubscribe_max: Duration,
+    subscribe_timeout: Duration,
+    settle_timeout: Duration,
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -170,6 +172,8 @@ impl ConsumerBuilder {
             consumer_name: None,
             resubscribe_initial: Duration::from_millis(100),
             resubscribe_max: Duration::from_secs(5),
+            subscribe_timeout: Duration::from_secs(30),
+            settle_timeout: Duration::from_secs(30),
         }
     }
 
@@ -212,6 +216,23 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Longest wait for one (re-)subscription, connecting included (default
+    /// 30 s). A subscribe that hangs on a half-dead connection is abandoned
+    /// after this and retried with the re-subscription backoff, so a broker
+    /// restart can never leave the consumer waiting forever.
+    pub fn subscribe_timeout(mut self, timeout: Duration) -> Self {
+        self.subscribe_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+    /// Longest wait for one settle (ack, requeue, dead-letter publish and
+    /// ack; default 30 s). A settle that does not finish in time counts in
+    /// [`ConsumerStats::settle_errors`] and frees its concurrency slot; the
+    /// broker redelivers the message when the connection closes.
+    pub fn settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Checks the queue and the router (strict mode) and starts consuming in
     /// a spawned task. Must be called inside a tokio runtime.
     ///
@@ -241,6 +262,8 @@ impl ConsumerBuilder {
             concurrency: self.concurrency,
             resubscribe_initial: self.resubscribe_initial,
             resubscribe_max: self.resubscribe_max,
+            subscribe_timeout: self.subscribe_timeout,
+            settle_timeout: self.settle_timeout,
         });
         let task = tokio::spawn(run(shared, stop_rx));
         Ok(ConsumerHandle {
@@ -311,6 +334,8 @@ struct Shared {
     concurrency: usize,
     resubscribe_initial: Duration,
     resubscribe_max: Duration,
+    subscribe_timeout: Duration,
+    settle_timeout: Duration,
 }
 
 enum State<'a> {
@@ -330,7 +355,19 @@ enum Step {
 async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
     let transport = shared.transport.clone();
     let queue = shared.queue.clone();
-    let subscribe = || transport.subscribe(&queue, shared.options.clone());
+    let subscribe = || -> BoxFuture<'_, Result<Box<dyn DeliveryStream>>> {
+        let fut = transport.subscribe(&queue, shared.options.clone());
+        let after = shared.subscribe_timeout;
+        let queue = &queue;
+        Box::pin(async move {
+            tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
+                Err(Error::TimedOut {
+                    operation: format!("subscribe {queue}"),
+                    after,
+                })
+            })
+        })
+    };
     let mut inflight = FuturesUnordered::new();
     let mut backoff = shared.resubscribe_initial;
     let mut state = State::Subscribing(subscribe());
@@ -353,7 +390,13 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
                             match sub.next().now_or_never() {
                                 None => break,
                                 Some(Some(Ok(d))) => inflight.push(process(shared.clone(), d)),
-                                Some(_) => {
+                                Some(Some(Err(e))) => {
+                                    warn!(queue = %shared.queue, error = %e, "subscription lost; re-subscribing");
+                                    step = Step::Lost;
+                                    break;
+                                }
+                                Some(None) => {
+                                    warn!(queue = %shared.queue, "subscription ended by the broker; re-subscribing");
                                     step = Step::Lost;
                                     break;
                                 }
@@ -485,8 +528,23 @@ async fn run_handler(shared: &Shared, route: &Route, ctx: &Context) -> Option<(S
     Some(("handler-failed".to_owned(), max))
 }
 
+/// `fut` bounded by the settle timeout.
+async fn settle_within(
+    shared: &Shared,
+    what: &str,
+    fut: BoxFuture<'static, Result<()>>,
+) -> Result<()> {
+    let after = shared.settle_timeout;
+    tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
+        Err(Error::TimedOut {
+            operation: format!("{what} on {}", shared.queue),
+            after,
+        })
+    })
+}
+
 async fn settle_ack(shared: &Shared, acker: Box<dyn Acker>) {
-    match acker.ack().await {
+    match settle_within(shared, "ack", acker.ack()).await {
         Ok(()) => inc(&shared.stats.acked),
         Err(e) => {
             inc(&shared.stats.settle_errors);
@@ -513,7 +571,7 @@ async fn dead_letter(
         HEADER_ORIGINAL_ROUTING_KEY.into(),
         message.routing_key.clone(),
     );
-    match acker.dead_letter(message).await {
+    match settle_within(shared, "dead-letter", acker.dead_letter(message)).await {
         Ok(()) => inc(&shared.stats.dead_lettered),
         Err(e) => {
             inc(&shared.stats.settle_errors);

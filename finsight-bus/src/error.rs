@@ -80,6 +80,16 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A broker operation did not finish in time (a subscribe, an ack). The
+    /// connection is probably half-dead; the consumer drops the subscription
+    /// and subscribes again. Raise the timeout if the broker is just slow.
+    #[error("{operation} did not finish within {after:?}")]
+    TimedOut {
+        /// What was being done, e.g. `"subscribe orders"`.
+        operation: String,
+        /// The timeout that passed.
+        after: std::time::Duration,
+    },
     /// The bus or consumer was closed.
     #[error("the bus is closed")]
     Closed,
@@ -102,11 +112,14 @@ impl Error {
     }
 
     /// True for errors a retry after reconnecting can fix (connection lost,
-    /// connect failed, backend I/O).
+    /// connect failed, backend I/O, timed out).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Connect { .. } | Self::ConnectionLost | Self::Backend { .. }
+            Self::Connect { .. }
+                | Self::ConnectionLost
+                | Self::Backend { .. }
+                | Self::TimedOut { .. }
         )
     }
 }

@@ -55,7 +55,8 @@ pub struct RabbitConfig {
     /// How long to wait for one confirm (default 30 s) before
     /// [`PublishOutcome::TimedOut`].
     pub confirm_timeout: Duration,
-    /// Bound of one connection attempt (default 10 s).
+    /// Bound of one connection attempt, and separately of the set-up after it
+    /// (topology declaration, publish channel) (default 10 s).
     pub connect_timeout: Duration,
     /// Connection name shown in the management UI.
     pub connection_name: String,
@@ -214,17 +215,28 @@ impl RabbitMq {
             .map_err(|e| connect_err(Box::new(e)))?;
         let conn = Arc::new(conn);
         let topology = self.inner.topology.lock().clone();
-        if let Some(t) = &topology {
-            declare_on(&conn, t).await?;
-        }
-        let publish = conn
-            .create_channel()
+        // The set-up after connecting is bounded too: a broker that is
+        // starting or stopping can accept the connection and then never
+        // answer, and this runs under the `connecting` lock.
+        let setup = async {
+            if let Some(t) = &topology {
+                declare_on(&conn, t).await?;
+            }
+            let publish = conn
+                .create_channel()
+                .await
+                .map_err(|e| connect_err(Box::new(e)))?;
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| connect_err(Box::new(e)))?;
+            Ok::<_, Error>(publish)
+        };
+        let publish = tokio::time::timeout(cfg.connect_timeout, setup)
             .await
-            .map_err(|e| connect_err(Box::new(e)))?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| connect_err(Box::new(e)))?;
+            .map_err(|_| {
+                connect_err("topology declaration or channel set-up timed out".into())
+            })??;
         let live = Live { conn, publish };
         *self.inner.live.write() = Some(live.clone());
         if self.inner.connected_once.swap(true, Ordering::SeqCst) {
@@ -531,7 +543,11 @@ impl Transport for RabbitMq {
                 .map_err(|e| declare_error(format!("queue `{queue}`"), e))?;
             let s: Box<dyn DeliveryStream> = Box::new(RabbitStream {
                 transport: self.clone(),
-                channel: ch,
+                link: Arc::new(Link {
+                    channel: ch,
+                    conn: live.conn.clone(),
+                }),
+                watchdog: Box::pin(tokio::time::sleep(LIVENESS_CHECK)),
                 consumer,
                 tag,
                 spec: Arc::new(spec),
@@ -620,9 +636,52 @@ impl Transport for RabbitMq {
     }
 }
 
+/// How often an idle subscription checks that its channel and connection
+/// are still open.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
+/// The channel a subscription consumes on, and its connection.
+struct Link {
+    channel: Channel,
+    conn: Arc<Connection>,
+}
+
+impl Link {
+    fn open(&self) -> bool {
+        self.channel.status().connected() && self.conn.status().connected()
+    }
+
+    /// `op`, unless the channel or connection closes first. lapin has been
+    /// seen to leave an operation on a channel that died during a broker
+    /// restart pending forever (acks, in the outage test); the channel's
+    /// state is checked every [`LIVENESS_CHECK`] while `op` is pending.
+    async fn unless_closed<T>(
+        &self,
+        op: impl std::future::Future<Output = lapin::Result<T>>,
+    ) -> Result<T> {
+        let op = std::pin::pin!(op);
+        let mut op = op;
+        loop {
+            match tokio::time::timeout(LIVENESS_CHECK, op.as_mut()).await {
+                Ok(r) => return r.map_err(|e| lost(&e)),
+                Err(_) if !self.open() => {
+                    debug!("channel closed while an operation on it was pending");
+                    return Err(Error::ConnectionLost);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 struct RabbitStream {
     transport: RabbitMq,
-    channel: Channel,
+    link: Arc<Link>,
+    /// Fires every [`LIVENESS_CHECK`] while no delivery arrives. lapin has
+    /// been seen to leave a consumer stream pending after its connection
+    /// died during a broker restart; the check turns that into an error so
+    /// the consumer subscribes again instead of waiting forever.
+    watchdog: std::pin::Pin<Box<tokio::time::Sleep>>,
     consumer: lapin::Consumer,
     tag: String,
     spec: Arc<QueueSpec>,
@@ -631,7 +690,25 @@ struct RabbitStream {
 impl DeliveryStream for RabbitStream {
     fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery>>> {
         Box::pin(async move {
-            match self.consumer.next().await? {
+            let next = loop {
+                tokio::select! {
+                    biased;
+                    d = self.consumer.next() => break d?,
+                    () = self.watchdog.as_mut() => {
+                        if !self.link.open() {
+                            warn!(
+                                consumer_tag = %self.tag,
+                                "subscription channel closed but its stream did not end; re-subscribing"
+                            );
+                            return Some(Err(Error::ConnectionLost));
+                        }
+                        self.watchdog
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + LIVENESS_CHECK);
+                    }
+                }
+            };
+            match next {
                 Err(e) => Some(Err(lost(&e))),
                 Ok(d) => {
                     let message = message_from(&d);
@@ -647,6 +724,7 @@ impl DeliveryStream for RabbitStream {
                         delivery_count,
                         acker: Box::new(RabbitAcker {
                             acker: d.acker,
+                            link: self.link.clone(),
                             transport: self.transport.clone(),
                             spec: self.spec.clone(),
                         }),
@@ -658,10 +736,11 @@ impl DeliveryStream for RabbitStream {
 
     fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.channel
-                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-                .await
-                .map_err(|e| lost(&e))
+            let cancel = self
+                .link
+                .channel
+                .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
+            self.link.unless_closed(cancel).await
         })
     }
 }
@@ -669,7 +748,7 @@ impl DeliveryStream for RabbitStream {
 impl Drop for RabbitStream {
     fn drop(&mut self) {
         // Closing the channel returns its unacked deliveries to the queue.
-        let ch = self.channel.clone();
+        let ch = self.link.channel.clone();
         if ch.status().connected() {
             tokio::spawn(async move {
                 let _ = ch.close(200, "consumer stopped".into()).await;
@@ -680,6 +759,7 @@ impl Drop for RabbitStream {
 
 struct RabbitAcker {
     acker: lapin::Acker,
+    link: Arc<Link>,
     transport: RabbitMq,
     spec: Arc<QueueSpec>,
 }
@@ -687,24 +767,23 @@ struct RabbitAcker {
 impl Acker for RabbitAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            self.acker
-                .ack(BasicAckOptions::default())
+            self.link
+                .unless_closed(self.acker.ack(BasicAckOptions::default()))
                 .await
                 .map(|_| ())
-                .map_err(|e| lost(&e))
         })
     }
 
     fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            self.acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
+            let requeue = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            self.link
+                .unless_closed(self.acker.nack(requeue))
                 .await
                 .map(|_| ())
-                .map_err(|e| lost(&e))
         })
     }
 
@@ -724,22 +803,20 @@ impl Acker for RabbitAcker {
                 };
                 if outcome.is_confirmed() {
                     return self
-                        .acker
-                        .ack(BasicAckOptions::default())
+                        .link
+                        .unless_closed(self.acker.ack(BasicAckOptions::default()))
                         .await
-                        .map(|_| ())
-                        .map_err(|e| lost(&e));
+                        .map(|_| ());
                 }
                 warn!(
                     ?outcome,
                     "dead letter not confirmed; rejecting to the broker's DLX instead"
                 );
             }
-            self.acker
-                .reject(BasicRejectOptions { requeue: false })
+            self.link
+                .unless_closed(self.acker.reject(BasicRejectOptions { requeue: false }))
                 .await
                 .map(|_| ())
-                .map_err(|e| lost(&e))
         })
     }
 }

@@ -4,6 +4,7 @@
 //! backoff on the paused clock.
 
 use finsight_bus::*;
+use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -303,4 +304,188 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<MemoryBroker>();
     assert_send_sync::<Router>();
     assert_send_sync::<ConsumerHandle>();
+}
+
+/// A broker that accepts work and never answers: the first `subscribes`
+/// subscriptions and the first `acks` acknowledgements stay pending
+/// forever, as on a half-dead connection during a broker restart.
+#[derive(Debug)]
+struct Stalling {
+    inner: MemoryBroker,
+    subscribes: Arc<AtomicU32>,
+    acks: Arc<AtomicU32>,
+}
+
+fn take_one(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+struct StallingStream {
+    inner: Box<dyn DeliveryStream>,
+    acks: Arc<AtomicU32>,
+}
+
+struct StallingAcker {
+    inner: Box<dyn Acker>,
+    stall: bool,
+}
+
+impl Acker for StallingAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        if self.stall {
+            // Holds the delivery while it hangs, as a real half-dead
+            // channel does; dropping it requeues the message.
+            return Box::pin(async move {
+                let _held = self;
+                std::future::pending::<Result<()>>().await
+            });
+        }
+        self.inner.ack()
+    }
+    fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        self.inner.requeue()
+    }
+    fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
+        self.inner.dead_letter(message)
+    }
+}
+
+impl DeliveryStream for StallingStream {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<Delivery>>> {
+        Box::pin(async move {
+            let mut d = self.inner.next().await?;
+            if let Ok(d) = &mut d {
+                let inner = std::mem::replace(&mut d.acker, Box::new(NoAcker));
+                d.acker = Box::new(StallingAcker {
+                    inner,
+                    stall: take_one(&self.acks),
+                });
+            }
+            Some(d)
+        })
+    }
+    fn cancel(&mut self) -> BoxFuture<'_, Result<()>> {
+        self.inner.cancel()
+    }
+}
+
+struct NoAcker;
+impl Acker for NoAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn dead_letter(self: Box<Self>, _: Message) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Transport for Stalling {
+    fn declare<'a>(&'a self, topology: &'a Topology) -> BoxFuture<'a, Result<()>> {
+        self.inner.declare(topology)
+    }
+    fn send<'a>(
+        &'a self,
+        exchange: &'a str,
+        message: Message,
+        options: PublishOptions,
+    ) -> BoxFuture<'a, Result<PendingConfirm>> {
+        self.inner.send(exchange, message, options)
+    }
+    fn subscribe<'a>(
+        &'a self,
+        queue: &'a str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn DeliveryStream>>> {
+        if take_one(&self.subscribes) {
+            return Box::pin(std::future::pending());
+        }
+        let acks = self.acks.clone();
+        Box::pin(async move {
+            let inner = self.inner.subscribe(queue, options).await?;
+            let s: Box<dyn DeliveryStream> = Box::new(StallingStream { inner, acks });
+            Ok(s)
+        })
+    }
+    fn health(&self) -> BoxFuture<'_, Health> {
+        self.inner.health()
+    }
+    fn close(&self, deadline: Duration) -> BoxFuture<'_, Result<()>> {
+        self.inner.close(deadline)
+    }
+}
+
+async fn stalling_bus(subscribes: u32, acks: u32) -> Bus {
+    let t = Stalling {
+        inner: MemoryBroker::new(),
+        subscribes: Arc::new(AtomicU32::new(subscribes)),
+        acks: Arc::new(AtomicU32::new(acks)),
+    };
+    Bus::connect(t, Topology::finsight().consumer_queue("q"), "q")
+        .await
+        .unwrap()
+}
+
+fn counting_router(calls: &Arc<AtomicU32>) -> Router {
+    let c = calls.clone();
+    Router::new().on("e", move |_ctx: Context| {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscribe_that_never_answers_is_abandoned_and_retried() {
+    let bus = stalling_bus(1, 0).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let consumer = bus
+        .consumer("q", counting_router(&calls))
+        .subscribe_timeout(Duration::from_secs(5))
+        .resubscribe_backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .start()
+        .unwrap();
+    bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap();
+    // Bounded wait on the paused clock (10 virtual minutes).
+    for _ in 0..600 {
+        if consumer.stats().acked == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let st = consumer.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!((st.acked, st.subscriptions), (1, 1), "{st:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ack_that_never_answers_frees_its_slot_after_the_settle_timeout() {
+    let bus = stalling_bus(0, 1).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let consumer = bus
+        .consumer("q", counting_router(&calls))
+        .concurrency(1)
+        .settle_timeout(Duration::from_secs(2))
+        .start()
+        .unwrap();
+    for n in 0..2 {
+        bus.publish(&Envelope::new("e", &n).unwrap()).await.unwrap();
+    }
+    for _ in 0..600 {
+        if consumer.stats().acked == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let st = consumer.shutdown(Duration::from_secs(1)).await.unwrap();
+    // With one slot, the second message is handled only because the
+    // stalled ack of the first gave its slot back; the first comes back
+    // (redelivered, at least once) and is handled again.
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!((st.acked, st.settle_errors), (2, 1), "{st:?}");
 }

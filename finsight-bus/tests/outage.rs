@@ -15,6 +15,15 @@ const BATCH: u64 = 250;
 
 type Handled = Arc<Mutex<HashSet<u64>>>;
 
+/// `RUST_LOG=finsight_bus=debug` shows the consumer's decisions when a run
+/// fails.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 fn recording_router(handled: &Handled) -> Router {
     let h = handled.clone();
     Router::new().on_typed("tick", move |_c: Context, n: u64| {
@@ -84,7 +93,12 @@ async fn publish_all(
     confirmed
 }
 
-async fn wait_all_handled(handled: &Handled, confirmed: &HashSet<u64>) {
+async fn wait_all_handled(
+    handled: &Handled,
+    confirmed: &HashSet<u64>,
+    consumer: &ConsumerHandle,
+    bus: &Bus,
+) {
     for _ in 0..1800 {
         if confirmed
             .iter()
@@ -101,20 +115,19 @@ async fn wait_all_handled(handled: &Handled, confirmed: &HashSet<u64>) {
         .take(20)
         .collect();
     panic!(
-        "{} confirmed messages never handled, e.g. {missing:?}",
-        confirmed.iter().filter(|n| !h.contains(n)).count()
+        "{} confirmed messages never handled, e.g. {missing:?}; consumer: {:?}; health: {:?}",
+        confirmed.iter().filter(|n| !h.contains(n)).count(),
+        consumer.stats(),
+        bus.health().await,
     );
 }
 
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "quarantined: in 1 of 4 CI runs the consumer did not resume after the third \
-            RabbitMQ restart (2012 confirmed messages unhandled); open under issue 8. \
-            Run with `cargo nextest run -p finsight-bus --all-features --run-ignored all \
-            -E 'test(outage_rabbitmq)'`"]
 async fn outage_rabbitmq_restarts_lose_no_confirmed_message() {
     use finsight_bus::rabbitmq::{RabbitConfig, RabbitMq};
     use finsight_testkit::RabbitOutage;
+    init_tracing();
     let mut cfg = RabbitConfig::new(finsight_testkit::amqp_url());
     cfg.connect_timeout = Duration::from_secs(3);
     let t = RabbitMq::connect(cfg).await.unwrap();
@@ -170,7 +183,7 @@ async fn outage_rabbitmq_restarts_lose_no_confirmed_message() {
         .unwrap()
         .unwrap();
     assert_eq!(confirmed.len() as u64, TOTAL);
-    wait_all_handled(&handled, &confirmed).await;
+    wait_all_handled(&handled, &confirmed, &consumer, &bus).await;
     let st = consumer.shutdown(Duration::from_secs(10)).await.unwrap();
     assert!(
         st.subscriptions >= 4,
@@ -186,6 +199,7 @@ async fn outage_rabbitmq_restarts_lose_no_confirmed_message() {
 async fn outage_redis_restarts_lose_no_confirmed_message() {
     use finsight_bus::redis_streams::{RedisStreams, RedisStreamsConfig};
     use finsight_testkit::RedisOutage;
+    init_tracing();
     let mut cfg = RedisStreamsConfig::new(finsight_testkit::redis_url());
     cfg.key_prefix = format!("{}:", finsight_testkit::unique("bus-outage"));
     cfg.block = Duration::from_millis(200);
@@ -218,7 +232,7 @@ async fn outage_redis_restarts_lose_no_confirmed_message() {
         // lost by the server itself. Let the consumer catch up first; the
         // publisher resumes while Redis is down.
         let upto: HashSet<u64> = (0..at).collect();
-        wait_all_handled(&handled, &upto).await;
+        wait_all_handled(&handled, &upto, &consumer, &bus).await;
         confirmed_so_far = at;
         outage = Some(
             tokio::task::spawn_blocking(move || match outage {
@@ -250,7 +264,7 @@ async fn outage_redis_restarts_lose_no_confirmed_message() {
         .unwrap()
         .unwrap();
     assert_eq!(confirmed.len() as u64, TOTAL);
-    wait_all_handled(&handled, &confirmed).await;
+    wait_all_handled(&handled, &confirmed, &consumer, &bus).await;
     let st = consumer.shutdown(Duration::from_secs(10)).await.unwrap();
     assert!(
         st.subscriptions >= 4,
