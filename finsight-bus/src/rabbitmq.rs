@@ -44,8 +44,10 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-/// RabbitMQ backend settings.
+/// RabbitMQ backend settings: start from [`RabbitConfig::new`] and set the
+/// fields to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RabbitConfig {
     /// `amqp://user:pass@host:port/vhost`.
     pub url: String,
@@ -58,6 +60,11 @@ pub struct RabbitConfig {
     /// Bound of one connection attempt, and separately of the set-up after it
     /// (topology declaration, publish channel) (default 10 s).
     pub connect_timeout: Duration,
+    /// Bound of the queue-depth queries of one health snapshot (default
+    /// 5 s). A blocked or half-dead broker answers none; the snapshot then
+    /// reports the depths as unknown instead of hanging the `/health`
+    /// endpoint.
+    pub health_timeout: Duration,
     /// Connection name shown in the management UI.
     pub connection_name: String,
 }
@@ -70,6 +77,7 @@ impl RabbitConfig {
             confirm_window: 256,
             confirm_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            health_timeout: Duration::from_secs(5),
             connection_name: format!("finsight-bus-{}", std::process::id()),
         }
     }
@@ -568,38 +576,29 @@ impl Transport for RabbitMq {
             let mut queues = Vec::new();
             let mut dlq = None;
             if let Some(t) = topology {
-                let ch = match &live {
-                    Some(l) => l.conn.create_channel().await.ok(),
-                    None => None,
-                };
-                let depth = |name: String| {
-                    let ch = ch.clone();
-                    async move {
-                        let ch = ch?;
-                        let q = ch
-                            .queue_declare(
-                                name.as_str().into(),
-                                QueueDeclareOptions {
-                                    passive: true,
-                                    ..QueueDeclareOptions::default()
-                                },
-                                FieldTable::default(),
-                            )
-                            .await
-                            .ok()?;
-                        Some(u64::from(q.message_count()))
-                    }
-                };
-                for q in &t.queues {
-                    queues.push(QueueDepth {
+                queues = t
+                    .queues
+                    .iter()
+                    .map(|q| QueueDepth {
                         queue: q.name.clone(),
-                        depth: depth(q.name.clone()).await,
+                        depth: None,
                         pending: None,
-                    });
-                }
-                dlq = depth(t.dead_letter_queue.name.clone()).await;
-                if let Some(ch) = ch {
-                    let _ = ch.close(200, "health".into()).await;
+                    })
+                    .collect();
+                if let Some(l) = &live {
+                    let probe = queue_depths(&l.conn, &t);
+                    match tokio::time::timeout(self.inner.config.health_timeout, probe).await {
+                        Ok((depths, d)) => {
+                            for (q, depth) in queues.iter_mut().zip(depths) {
+                                q.depth = depth;
+                            }
+                            dlq = d;
+                        }
+                        Err(_) => warn!(
+                            after = ?self.inner.config.health_timeout,
+                            "queue depths not answered in time (broker blocked?); reported as unknown"
+                        ),
+                    }
                 }
             }
             Health {
@@ -634,6 +633,40 @@ impl Transport for RabbitMq {
             Ok(())
         })
     }
+}
+
+/// Message counts of the topology's queues and of its dead-letter queue
+/// (passive declares on one short-lived channel); `None` where the broker
+/// did not answer.
+async fn queue_depths(conn: &Connection, t: &Topology) -> (Vec<Option<u64>>, Option<u64>) {
+    let ch = conn.create_channel().await.ok();
+    let depth = |name: &str| {
+        let ch = ch.clone();
+        let name = name.to_owned();
+        async move {
+            let q = ch?
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .ok()?;
+            Some(u64::from(q.message_count()))
+        }
+    };
+    let mut depths = Vec::with_capacity(t.queues.len());
+    for q in &t.queues {
+        depths.push(depth(&q.name).await);
+    }
+    let dlq = depth(&t.dead_letter_queue.name).await;
+    if let Some(ch) = ch {
+        let _ = ch.close(200, "health".into()).await;
+    }
+    (depths, dlq)
 }
 
 /// How often an idle subscription checks that its channel and connection

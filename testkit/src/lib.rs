@@ -7,6 +7,8 @@
 //!   prefixes, queue names and exchange names, so tests run in parallel.
 //! * [`RedisOutage`] / [`RabbitOutage`]: stop a real service for a fault test
 //!   and restore it when the guard drops — also when the test panics.
+//! * [`RabbitBlocked`]: raise RabbitMQ's memory alarm (publishers blocked,
+//!   no confirms) and clear it when the guard drops.
 //!
 //! # Outage tests
 //!
@@ -325,6 +327,81 @@ impl RabbitOutage {
             Ok(())
         } else {
             Err(io::Error::other("rabbitmq did not come back"))
+        }
+    }
+}
+
+/// RabbitMQ's memory alarm raised for a fault test
+/// (`rabbitmqctl set_vm_memory_high_watermark 0`): the broker blocks every
+/// publishing connection, so publishes get no confirm, as when a real broker
+/// runs out of memory or disk. The previous watermark is restored on
+/// [`RabbitBlocked::restore`] or on drop, even while a failed test unwinds.
+/// Holds the outage lock: no other fault test runs meanwhile.
+#[derive(Debug)]
+pub struct RabbitBlocked {
+    previous: Vec<String>,
+    restored: bool,
+    _lock: File,
+}
+
+impl RabbitBlocked {
+    /// Raises the alarm.
+    ///
+    /// # Errors
+    /// When `rabbitmqctl` fails or the current watermark cannot be read.
+    pub fn block() -> io::Result<Self> {
+        let lock = outage_lock()?;
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                "io:format(\"~p\", [vm_memory_monitor:get_vm_memory_high_watermark()]).",
+            ])
+            .stdin(Stdio::null())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `eval` prints the value, then its own result `ok`.
+        let first = text.lines().next().unwrap_or_default().trim();
+        let first = first.strip_suffix("ok").unwrap_or(first).to_owned();
+        // `0.4` (relative) or `{absolute,1073741824}`.
+        let previous = if let Some(rest) = first.strip_prefix("{absolute,") {
+            vec!["absolute".to_owned(), rest.trim_end_matches('}').to_owned()]
+        } else if first.parse::<f64>().is_ok() {
+            vec![first]
+        } else {
+            return Err(io::Error::other(format!(
+                "cannot read RabbitMQ's memory watermark: {text}"
+            )));
+        };
+        let guard = Self {
+            previous,
+            restored: false,
+            _lock: lock,
+        };
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"])?;
+        Ok(guard)
+    }
+
+    /// Puts the previous watermark back (clears the alarm). Idempotent.
+    ///
+    /// # Errors
+    /// When `rabbitmqctl` fails.
+    pub fn restore(mut self) -> io::Result<()> {
+        self.unblock()
+    }
+
+    fn unblock(&mut self) -> io::Result<()> {
+        let mut args = vec!["set_vm_memory_high_watermark"];
+        args.extend(self.previous.iter().map(String::as_str));
+        rabbitmqctl(&args)?;
+        self.restored = true;
+        Ok(())
+    }
+}
+
+impl Drop for RabbitBlocked {
+    fn drop(&mut self) {
+        if !self.restored {
+            let _ = self.unblock();
         }
     }
 }
