@@ -1,5 +1,6 @@
 //! Redis Streams specifics on the real Redis: XAUTOCLAIM of stuck entries,
-//! dead-letter stream after the delivery limit, TTL at read time.
+//! dead-letter stream after the delivery limit, TTL at read time, MAXLEN
+//! trimming.
 #![cfg(feature = "redis-streams")]
 
 use finsight_bus::redis_streams::{RedisStreams, RedisStreamsConfig};
@@ -135,4 +136,33 @@ async fn redis_dedup_is_shared_between_filters() {
     let st = c.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_eq!((st.acked, st.duplicates), (2, 1));
     assert!(a.seen(env.message_id()).await.unwrap());
+}
+
+#[tokio::test]
+async fn streams_are_trimmed_to_about_max_len() {
+    let mut cfg = RedisStreamsConfig::new(finsight_testkit::redis_url());
+    let prefix = format!("{}:", finsight_testkit::unique("bus-trim"));
+    cfg.key_prefix = prefix.clone();
+    cfg.max_len = 10;
+    let t = RedisStreams::connect(cfg).await.unwrap();
+    let queue = finsight_testkit::unique("q");
+    let topo = Topology::prefixed(&finsight_testkit::unique("p")).consumer_queue(&queue);
+    let bus = Bus::connect(t.clone(), topo, queue.clone()).await.unwrap();
+    let mut pending = Vec::new();
+    for n in 0..1000 {
+        pending.push(bus.send(&Envelope::new("e", &n).unwrap()).await.unwrap());
+    }
+    for p in pending {
+        assert!(p.await.is_confirmed());
+    }
+    let client = redis::Client::open(finsight_testkit::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let len: usize = redis::cmd("XLEN")
+        .arg(format!("{prefix}q:{queue}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // `MAXLEN ~` trims whole radix-tree nodes (`stream-node-max-entries`,
+    // 100 by default): the stream keeps between max_len and max_len + 100.
+    assert!((10..=110).contains(&len), "XLEN {len} after 1000 sends");
 }
