@@ -72,5 +72,21 @@ ensure_rabbitmq() {
   say "rabbitmq: started"
 }
 
+# A fault test that was killed (not unwound) can leave RabbitMQ's memory
+# alarm raised (`set_vm_memory_high_watermark 0`, finsight_testkit::
+# RabbitBlocked), which blocks every publisher. Only that exact value is
+# reset; an operator's own setting is left alone.
+clear_test_alarm() {
+  local wm
+  wm=$(as_root rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().' 2>/dev/null | head -n1)
+  case "$wm" in
+    0 | 0.0)
+      say "rabbitmq: memory alarm left raised by a killed fault test: watermark back to 0.4"
+      as_root rabbitmqctl -q set_vm_memory_high_watermark 0.4 >/dev/null
+      ;;
+  esac
+}
+
 ensure_redis
 ensure_rabbitmq
+clear_test_alarm

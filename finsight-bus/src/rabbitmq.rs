@@ -263,28 +263,37 @@ impl RabbitMq {
         let permit = self.inner.window.clone().acquire_owned().await?;
         let live = self.ensure().await?;
         let props = properties(&message);
-        let confirm = live
-            .publish
-            .basic_publish(
-                exchange.into(),
-                message.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: options.mandatory,
-                    immediate: false,
-                },
-                &message.body,
-                props,
-            )
-            .await
-            .map_err(|e| lost(&e))?;
+        let deadline = tokio::time::Instant::now() + self.inner.config.confirm_timeout;
+        // Counted from here: a publish the broker does not let us write yet
+        // (connection blocked by a resource alarm) is unconfirmed too.
         let guard = InFlight::new(&self.inner, permit);
+        let write = live.publish.basic_publish(
+            exchange.into(),
+            message.routing_key.as_str().into(),
+            BasicPublishOptions {
+                mandatory: options.mandatory,
+                immediate: false,
+            },
+            &message.body,
+            props,
+        );
+        let confirm = match tokio::time::timeout_at(deadline, write).await {
+            Ok(r) => r.map_err(|e| lost(&e))?,
+            Err(_) => {
+                warn!(
+                    blocked = live.conn.status().blocked(),
+                    "publish not written within confirm_timeout (broker blocking publishers?)"
+                );
+                return Ok(PendingConfirm::ready(PublishOutcome::TimedOut));
+            }
+        };
         // One reaper task awaits the confirms in publish order (the broker
         // confirms in order), so a window slot frees as soon as the broker
         // answers even if the caller polls its pending confirms late.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reap = Reap {
             confirm,
-            deadline: tokio::time::Instant::now() + self.inner.config.confirm_timeout,
+            deadline,
             _guard: guard,
             done: tx,
         };
@@ -568,6 +577,7 @@ impl Transport for RabbitMq {
         Box::pin(async move {
             let live = self.current();
             let state = match (&live, self.inner.connected_once.load(Ordering::SeqCst)) {
+                (Some(l), _) if l.conn.status().blocked() => ConnectionState::Blocked,
                 (Some(_), _) => ConnectionState::Connected,
                 (None, true) => ConnectionState::Reconnecting,
                 (None, false) => ConnectionState::Disconnected,

@@ -31,8 +31,11 @@ pub enum PublishOutcome {
     /// The broker refused the message (AMQP `basic.nack`, a full queue with
     /// `reject-publish`).
     Nacked,
-    /// No confirm arrived within the configured confirm timeout; the message
-    /// may or may not have been stored — republish (consumers deduplicate).
+    /// No confirm arrived within the configured confirm timeout — also when
+    /// the broker blocked publishers and the message could not even be
+    /// written in that time; the message may or may not be stored (a blocked
+    /// one is still sent once the broker unblocks) — republish (consumers
+    /// deduplicate).
     TimedOut,
     /// The connection dropped before the confirm arrived; republish.
     ConnectionLost,
@@ -182,6 +185,10 @@ pub trait DeliveryStream: Send + 'static {
 pub enum ConnectionState {
     /// Connected and usable.
     Connected,
+    /// Connected, but the broker blocks publishing (a RabbitMQ memory or
+    /// disk alarm, AMQP `connection.blocked`): publishes wait and end
+    /// [`PublishOutcome::TimedOut`]; consuming goes on.
+    Blocked,
     /// Connecting or reconnecting.
     Reconnecting,
     /// Not connected (never connected, or closed).

@@ -33,6 +33,14 @@ async fn a_full_reject_publish_queue_nacks() {
     assert_eq!(h.unconfirmed, 0);
 }
 
+/// Bounds every wait of the blocked-broker test: it fails (and its guard
+/// clears the alarm) instead of hanging.
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
+}
+
 /// Named `outage_*`: it blocks every publisher on the broker, so it runs
 /// alone, after the other tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,26 +53,47 @@ async fn outage_rabbitmq_blocked_broker_times_out_confirms_and_counts_them() {
         .await
         .unwrap()
         .expect("raise RabbitMQ's memory alarm");
-    let (_t, bus, _q) = bus(cfg, None).await;
-    let mut pending = Vec::new();
-    for n in 0..10 {
-        pending.push(bus.send(&Envelope::new("e", &n).unwrap()).await.unwrap());
+    let (_t, bus, _q) = within("connect", bus(cfg, None)).await;
+    let sends: Vec<_> = (0..10)
+        .map(|n| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let p = bus.send(&Envelope::new("e", &n).unwrap()).await.unwrap();
+                p.await
+            })
+        })
+        .collect();
+    // While the broker blocks, all ten are in flight, the snapshot says so
+    // (and comes back, depths unknown, instead of hanging).
+    let mut h = within("health", bus.health()).await;
+    for _ in 0..100 {
+        if h.unconfirmed == 10 && h.state == ConnectionState::Blocked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h = within("health", bus.health()).await;
     }
-    // Nothing is confirmed while the broker blocks: all ten are in flight,
-    // and the snapshot comes back (depths unknown) instead of hanging.
-    let h = bus.health().await;
     assert_eq!(h.unconfirmed, 10, "{h:?}");
+    assert_eq!(h.state, ConnectionState::Blocked, "{h:?}");
     let mut outcomes = Vec::new();
-    for p in pending {
-        outcomes.push(p.await);
+    for s in sends {
+        outcomes.push(within("send", s).await.unwrap());
     }
     assert!(
         outcomes.iter().all(|o| *o == PublishOutcome::TimedOut),
         "{outcomes:?}"
     );
-    assert_eq!(bus.health().await.unconfirmed, 0);
+    assert_eq!(within("health", bus.health()).await.unconfirmed, 0);
     tokio::task::spawn_blocking(move || blocked.restore())
         .await
         .unwrap()
         .expect("clear RabbitMQ's memory alarm");
+    // Unblocked: publishing works again on the same connection.
+    let env = Envelope::new("e", &10).unwrap();
+    assert!(
+        within("publish", bus.publish(&env))
+            .await
+            .unwrap()
+            .is_confirmed()
+    );
 }
