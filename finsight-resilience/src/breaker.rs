@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::clock::{AnyClock, Clock, TokioClock, nanos};
+use crate::clock::{AnyClock, Clock, MonotonicClock, nanos};
 use crate::error::{BreakerError, CircuitOpen, Error};
 
 /// The breaker's state.
@@ -196,7 +196,8 @@ struct SlowCalls {
 
 /// Builds a [`CircuitBreaker`]. Defaults: the Python services' 5 consecutive
 /// failures and 60 s open duration, 1 half-open probe, 1 success to close,
-/// the [`TokioClock`], 64 buffered state-change events.
+/// the [`MonotonicClock`] (real time: it does not follow tokio's paused
+/// clock; see [`clock`](Self::clock)), 64 buffered state-change events.
 #[derive(Debug, Clone)]
 #[must_use = "call .build() to obtain a breaker"]
 pub struct CircuitBreakerBuilder {
@@ -206,7 +207,7 @@ pub struct CircuitBreakerBuilder {
     open: OpenDuration,
     probes: u32,
     successes: u32,
-    clock: Option<Arc<dyn Clock>>,
+    clock: Option<AnyClock>,
     events: usize,
 }
 
@@ -274,9 +275,20 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// The clock (default [`TokioClock`]; use a [`ManualClock`](crate::ManualClock) in tests).
+    /// The clock the breaker measures its open duration, `retry_after`,
+    /// time windows and slow calls with.
+    ///
+    /// Default: [`MonotonicClock`] (the CPU's time-stamp counter, the
+    /// cheapest real-time read; an open breaker reads it on every
+    /// rejection). It does **not** follow tokio's paused clock: for tests
+    /// under `#[tokio::test(start_paused = true)]` that move time with
+    /// `tokio::time::advance`, pass [`TokioClock::new()`](crate::TokioClock);
+    /// to move time by hand, a [`ManualClock`](crate::ManualClock). The
+    /// built-in clocks are called without dynamic dispatch; any other
+    /// [`Clock`] is boxed once here (one allocation) and called through a
+    /// vtable.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Some(Arc::new(clock));
+        self.clock = Some(AnyClock::new(clock));
         self
     }
 
@@ -287,7 +299,10 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// Validates the settings and builds the breaker.
+    /// Validates the settings and builds the breaker. Allocates the shared
+    /// state (and the rate window). The first breaker of a process built on
+    /// the default [`MonotonicClock`] calibrates that clock once (a busy
+    /// loop, typically under 5 ms, at most 200 ms; see its docs).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the setting: a zero threshold, window,
@@ -400,10 +415,9 @@ impl CircuitBreakerBuilder {
                 open: self.open,
                 probes: u64::from(self.probes),
                 successes_to_close: u64::from(self.successes),
-                clock: match self.clock {
-                    Some(c) => AnyClock::Dyn(c),
-                    None => AnyClock::Tokio(TokioClock::new()),
-                },
+                clock: self
+                    .clock
+                    .unwrap_or_else(|| AnyClock::Monotonic(MonotonicClock::new())),
                 needs_time,
                 fast_success: matches!(self.trip, Trip::Consecutive(_)) && self.slow.is_none(),
                 word: AtomicU64::new(pack(0, State::Closed, 0, 0)),
@@ -611,7 +625,7 @@ impl From<Outcome> for Recorded {
 impl Inner {
     #[inline]
     fn now(&self) -> u64 {
-        nanos(self.clock.now())
+        self.clock.now_nanos()
     }
 
     /// Admission. The closed, untimed case is inlined into the caller: one
@@ -626,11 +640,28 @@ impl Inner {
                 start: 0,
             });
         }
-        self.acquire_slow()
+        self.acquire_slow(w)
+    }
+
+    /// Not closed (or timed). An open breaker whose open duration has not
+    /// elapsed — the case that repeats at the caller's rate — is decided
+    /// first and straight-line: one load of the probe deadline, one clock
+    /// read, one compare, the rejection counter and a disabled-`tracing`
+    /// check. Everything else goes through the state loop.
+    #[inline(never)]
+    fn acquire_slow(&self, w: u64) -> Result<Ticket, CircuitOpen> {
+        if state_of(w) == State::Open {
+            let until = self.open_until.load(Ordering::Acquire);
+            let now = self.now();
+            if now < until {
+                return Err(self.reject(State::Open, Some(Duration::from_nanos(until - now))));
+            }
+        }
+        self.acquire_loop()
     }
 
     #[inline(never)]
-    fn acquire_slow(&self) -> Result<Ticket, CircuitOpen> {
+    fn acquire_loop(&self) -> Result<Ticket, CircuitOpen> {
         loop {
             let w = self.word.load(Ordering::Acquire);
             match state_of(w) {
@@ -683,7 +714,10 @@ impl Inner {
         }
     }
 
-    #[cold]
+    /// Counts a rejection and emits its `trace` event (when no subscriber
+    /// wants trace-level events: one load and one compare of tracing's
+    /// global level filter).
+    #[inline]
     fn reject(&self, state: State, retry_after: Option<Duration>) -> CircuitOpen {
         self.counters.rejected.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(breaker = %self.name, state = state.as_str(), "call rejected");

@@ -65,6 +65,8 @@ impl Default for RetryBudget {
 impl RetryBudget {
     /// A budget allowing retries of `ratio` (0.0..=1000.0) of the calls of
     /// the last `ttl` (1..=60 s), plus `min_per_sec` retries per second.
+    /// Reads time with a [`TokioClock`], so the budget follows tokio's paused
+    /// test clock; [`with_clock`](Self::with_clock) takes another.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a ttl outside 1..=60 s or a ratio outside
@@ -103,12 +105,7 @@ impl RetryBudget {
         clock: impl Clock,
     ) -> Result<Self, Error> {
         Self::validate(ttl, ratio)?;
-        Ok(Self::build(
-            ttl,
-            min_per_sec,
-            ratio,
-            AnyClock::Dyn(Arc::new(clock)),
-        ))
+        Ok(Self::build(ttl, min_per_sec, ratio, AnyClock::new(clock)))
     }
 
     fn build(ttl: Duration, min_per_sec: u32, ratio: f64, clock: AnyClock) -> Self {
@@ -117,7 +114,7 @@ impl RetryBudget {
         let reserve = i64::from(min_per_sec)
             .saturating_mul(ttl.as_secs() as i64)
             .saturating_mul(UNIT);
-        let now = nanos(clock.now());
+        let now = clock.now_nanos();
         Self {
             inner: Arc::new(Inner {
                 slots: Default::default(),
@@ -167,7 +164,7 @@ impl RetryBudget {
 impl Inner {
     #[inline]
     fn expire(&self) {
-        let now = nanos(self.clock.now());
+        let now = self.clock.now_nanos();
         if now.saturating_sub(self.window_start.load(Ordering::Acquire)) < self.width {
             return;
         }

@@ -67,22 +67,51 @@
 //! before and one `fetch_add` (plus one load) after: no lock, no allocation
 //! (a counting-allocator test checks the closure API). A rejection reads
 //! the clock (so that `retry_after` is exact and the breaker half-opens on
-//! time without a timer task) and bumps one counter; with a [`CoarseClock`]
-//! that read is one atomic load. Transitions take a mutex. Rate mode adds
-//! one short lock per call to record into the window. A retry whose first
-//! attempt succeeds allocates nothing and takes no lock.
+//! time without a timer task) and bumps one counter. The default
+//! [`MonotonicClock`] reads the CPU's time-stamp counter (no system call);
+//! with a [`CoarseClock`] that read is one atomic load. Transitions take a
+//! mutex. Rate mode adds one short lock per call to record into the window.
+//! A retry whose first attempt succeeds allocates nothing and takes no lock.
 //!
 //! # Time and randomness
 //!
-//! Breakers and budgets read time through the [`Clock`] trait: the default
-//! [`TokioClock`] follows tokio's paused test clock; [`ManualClock`] moves
-//! only when told; [`CoarseClock`] is read with one atomic load (ticked by a
-//! tokio task, accurate to its resolution) for breakers that reject at very
-//! high rates, where the system clock read dominates a rejection. Retry and fault injection sleep with `tokio::time` and
-//! draw jitter from a seedable RNG, so tests under
-//! `#[tokio::test(start_paused = true)]` are deterministic. Sleeping (retry
-//! waits, injected latency, health timeouts, a retry deadline) needs a
-//! tokio runtime with the time driver.
+//! Breakers and budgets read time through the [`Clock`] trait.
+//!
+//! | Clock | Reads | Follows tokio's paused clock | Default of |
+//! |---|---|---|---|
+//! | [`MonotonicClock`] | the CPU's time-stamp counter via `quanta` (OS clock where there is none) | **no** | [`CircuitBreaker`] |
+//! | [`TokioClock`] | `tokio::time::Instant` (`clock_gettime`) | yes | [`RetryBudget`] |
+//! | [`ManualClock`] | an atomic, moved by the test | — | — |
+//! | [`CoarseClock`] | an atomic ticked by a tokio task (accurate to its resolution) | yes | — |
+//!
+//! **Breakers do not follow tokio's paused clock by default**: the open
+//! duration is measured on the [`MonotonicClock`], because an open breaker
+//! reads its clock on every rejection and that read is the biggest part of
+//! a rejection's cost. In tests under `#[tokio::test(start_paused = true)]`
+//! that expect `tokio::time::advance` to end an open duration, build the
+//! breaker with `.clock(TokioClock::new())` (or use a [`ManualClock`]):
+//!
+//! ```
+//! # use std::time::Duration;
+//! # use finsight_resilience::{CircuitBreaker, State, TokioClock};
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), finsight_resilience::Error> {
+//! let breaker = CircuitBreaker::builder("paused")
+//!     .consecutive_failures(1)
+//!     .open_duration(finsight_resilience::OpenDuration::Fixed(Duration::from_secs(5)))
+//!     .clock(TokioClock::new())
+//!     .build()?;
+//! let _ = breaker.call(|| async { Err::<(), ()>(()) }).await;
+//! tokio::time::advance(Duration::from_secs(5)).await;
+//! assert!(breaker.call(|| async { Ok::<(), ()>(()) }).await.is_ok());
+//! assert_eq!(breaker.state(), State::Closed);
+//! # Ok(()) }
+//! ```
+//!
+//! Retry and fault injection sleep with `tokio::time` and draw jitter from a
+//! seedable RNG, so tests under `#[tokio::test(start_paused = true)]` are
+//! deterministic. Sleeping (retry waits, injected latency, health timeouts,
+//! a retry deadline) needs a tokio runtime with the time driver.
 //!
 //! # Feature flags
 //!
@@ -131,7 +160,7 @@ pub use budget::RetryBudget;
 #[cfg(feature = "tower-builder")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-builder")))]
 pub use builder::ServiceBuilderExt;
-pub use clock::{Clock, CoarseClock, ManualClock, TokioClock};
+pub use clock::{Clock, CoarseClock, ManualClock, MonotonicClock, TokioClock};
 pub use error::{
     BoxError, BreakerError, CircuitOpen, DeadlineExceeded, Error, RetryError, StopReason,
 };

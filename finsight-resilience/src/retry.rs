@@ -153,7 +153,11 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Result<Duration, Error
 pub enum OnCircuitOpen {
     /// Sleep until the breaker's probe time (or the backoff delay if that is
     /// unknown) without using an attempt; give up if that is past the deadline.
-    /// At most `max_attempts` rejections are waited out per call.
+    /// At most `max_attempts` rejections are waited out per call. The sleep
+    /// is a `tokio::time` sleep: under tokio's paused clock it ends the
+    /// breaker's open duration only if the breaker measures time with a
+    /// [`TokioClock`](crate::TokioClock) (breakers default to the real-time
+    /// [`MonotonicClock`](crate::MonotonicClock)).
     #[default]
     Wait,
     /// Stop at once with [`StopReason::CircuitOpen`].
@@ -269,7 +273,8 @@ struct Inner {
 /// A retry policy. Cheap to clone (one `Arc`); clones share the RNG and budget.
 ///
 /// Sleeps with `tokio::time`, so it is deterministic under tokio's paused
-/// clock and a [`seed`](RetryBuilder::seed). A first-attempt success costs
+/// clock and a [`seed`](RetryBuilder::seed) (a breaker it waits out must
+/// then be on a [`TokioClock`](crate::TokioClock), see [`OnCircuitOpen::Wait`]). A first-attempt success costs
 /// one budget deposit (if a budget is set) and nothing else: no allocation,
 /// no lock, no timer. Each retry locks the RNG once to draw its delay.
 #[derive(Debug, Clone)]

@@ -513,16 +513,39 @@ fn bad_settings_are_rejected_with_the_setting_named() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_default_clock_follows_tokio_paused_time() {
+async fn a_tokio_clock_follows_tokio_paused_time() {
     let b = CircuitBreaker::builder("tokio")
         .consecutive_failures(1)
+        .clock(finsight_resilience::TokioClock::new())
         .build()
         .unwrap();
     fail(&b).await.unwrap_err();
     assert_eq!(b.retry_after(), Some(Duration::from_secs(60)));
-    tokio::time::advance(Duration::from_secs(60)).await;
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert!(matches!(succeed(&b).await, Err(BreakerError::Open(_))));
+    tokio::time::advance(Duration::from_secs(1)).await;
     succeed(&b).await.unwrap();
     assert_eq!(b.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_clock_is_real_time_and_ignores_tokio_paused_time() {
+    let b = CircuitBreaker::builder("default")
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    fail(&b).await.unwrap_err();
+    // Paused tokio time moves an hour; the breaker's clock (real time) does
+    // not, so the 60 s open duration has not elapsed.
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    match succeed(&b).await {
+        Err(BreakerError::Open(o)) => {
+            assert_eq!(o.state(), State::Open);
+            assert!(o.retry_after().is_some_and(|d| d > Duration::ZERO));
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(b.state(), State::Open);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,11 +1,12 @@
-//! tower Layers driven by `tower-test` mocks, on tokio's paused clock.
+//! tower Layers driven by `tower-test` mocks, on tokio's paused clock
+//! (breakers whose open duration matters get a `TokioClock`).
 
 use std::time::Duration;
 
 use finsight_resilience::{
     Backoff, BoxError, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, DeadlineExceeded,
     FaultLayer, Faults, InjectedFault, Jitter, OpenDuration, Outcome, Retry, RetryAfterHint,
-    RetryLayer, State,
+    RetryLayer, State, TokioClock,
 };
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -26,6 +27,7 @@ fn retry(attempts: u32) -> Retry {
 async fn breaker_layer_opens_and_then_rejects_without_reaching_the_inner_service() {
     let b = CircuitBreaker::builder("svc")
         .consecutive_failures(2)
+        .clock(TokioClock::new())
         .build()
         .unwrap();
     let (mut svc, mut handle) =
@@ -148,6 +150,7 @@ async fn retry_outside_a_breaker_waits_for_the_probe_instead_of_burning_attempts
     let b = CircuitBreaker::builder("dep")
         .consecutive_failures(1)
         .open_duration(OpenDuration::Fixed(Duration::from_secs(5)))
+        .clock(TokioClock::new())
         .build()
         .unwrap();
     b.call(|| async { Err::<(), _>(()) }).await.unwrap_err();

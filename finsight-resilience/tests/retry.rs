@@ -1,4 +1,5 @@
-//! Retry on tokio's paused clock with seeded jitter.
+//! Retry on tokio's paused clock with seeded jitter (breakers whose open
+//! duration matters get a `TokioClock`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -6,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use finsight_resilience::{
     Backoff, BreakerError, CircuitBreaker, Jitter, ManualClock, OnCircuitOpen, Retry, RetryAction,
-    RetryBudget, RetryError, State, StopReason, parse_retry_after,
+    RetryBudget, RetryError, State, StopReason, TokioClock, parse_retry_after,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -348,6 +349,7 @@ async fn retry_waits_for_an_open_breakers_probe_time_without_burning_attempts() 
         .open_duration(finsight_resilience::OpenDuration::Fixed(
             Duration::from_secs(30),
         ))
+        .clock(TokioClock::new())
         .build()
         .unwrap();
     b.call(|| async { Err::<(), _>(()) }).await.unwrap_err();
@@ -473,6 +475,7 @@ async fn a_call_first_rejected_by_the_breaker_still_deposits_once() {
         .open_duration(finsight_resilience::OpenDuration::Fixed(
             Duration::from_secs(1),
         ))
+        .clock(TokioClock::new())
         .build()
         .unwrap();
     b.call(|| async { Err::<(), _>(()) }).await.unwrap_err();
