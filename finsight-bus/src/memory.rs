@@ -16,7 +16,14 @@
 //!
 //! Memory: every queue holds at most its `max_length` (or
 //! [`MemoryConfig::default_max_length`]) messages; publishing to a full
-//! queue is [`PublishOutcome::Nacked`].
+//! queue is [`PublishOutcome::Nacked`]. Each exchange caches which queues a
+//! routing key reaches (at most 1024 keys, emptied when full or when a
+//! binding is added), so a publish matches the bindings once per key.
+//!
+//! Cost: a publish takes a read lock on the broker state, one mutex per
+//! target queue and one for the route cache, and allocates nothing beyond
+//! the stored message; a delivery that finds a message ready takes the
+//! queue mutex once and allocates its acknowledgement handle.
 
 use crate::envelope::Message;
 use crate::error::{Error, Result};
@@ -31,7 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -98,6 +105,55 @@ struct Exchange {
     kind: ExchangeKind,
     durable: bool,
     bindings: Vec<(String, Arc<Queue>)>,
+    /// The queues each routing key reaches; see [`Exchange::targets`].
+    routes: Mutex<HashMap<String, Arc<[Arc<Queue>]>>>,
+}
+
+/// Routing keys remembered per exchange; the cache is emptied when full.
+const ROUTE_CACHE_KEYS: usize = 1024;
+
+impl Exchange {
+    fn new(kind: ExchangeKind, durable: bool) -> Self {
+        Self {
+            kind,
+            durable,
+            bindings: Vec::new(),
+            routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The distinct queues `routing_key` reaches, in binding order: from
+    /// the cache, or matched against every binding and cached.
+    fn targets(&self, routing_key: &str) -> Arc<[Arc<Queue>]> {
+        {
+            let cache = self.routes.lock();
+            // A few keys: comparing them is cheaper than hashing one.
+            let hit = if cache.len() <= 8 {
+                cache
+                    .iter()
+                    .find(|(k, _)| k.as_str() == routing_key)
+                    .map(|(_, t)| t)
+            } else {
+                cache.get(routing_key)
+            };
+            if let Some(t) = hit {
+                return t.clone();
+            }
+        }
+        let mut found: Vec<Arc<Queue>> = Vec::new();
+        for (b, q) in &self.bindings {
+            if self.kind.matches(b, routing_key) && !found.iter().any(|t| Arc::ptr_eq(t, q)) {
+                found.push(q.clone());
+            }
+        }
+        let found: Arc<[Arc<Queue>]> = found.into();
+        let mut cache = self.routes.lock();
+        if cache.len() >= ROUTE_CACHE_KEYS {
+            cache.clear();
+        }
+        cache.insert(routing_key.to_owned(), found.clone());
+        found
+    }
 }
 
 struct Queue {
@@ -115,6 +171,15 @@ struct Stored {
 }
 
 impl Queue {
+    fn new(spec: QueueSpec, max_len: usize) -> Self {
+        Self {
+            spec,
+            max_len,
+            ready: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+        }
+    }
+
     fn expired(&self, s: &Stored, now: Instant) -> bool {
         self.spec
             .message_ttl
@@ -212,7 +277,10 @@ impl MemoryBroker {
         if self.inner.offline.load(Ordering::SeqCst) {
             return Err(Error::ConnectionLost);
         }
-        if !self.inner.online.swap(true, Ordering::SeqCst) {
+        // A load first: the common case writes nothing shared.
+        if !self.inner.online.load(Ordering::SeqCst)
+            && !self.inner.online.swap(true, Ordering::SeqCst)
+        {
             self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
             debug!("memory broker: reconnected");
         }
@@ -233,14 +301,8 @@ impl MemoryBroker {
                 }
                 Some(_) => {}
                 None => {
-                    st.exchanges.insert(
-                        ex.name.clone(),
-                        Exchange {
-                            kind: ex.kind,
-                            durable: ex.durable,
-                            bindings: Vec::new(),
-                        },
-                    );
+                    st.exchanges
+                        .insert(ex.name.clone(), Exchange::new(ex.kind, ex.durable));
                 }
             }
         }
@@ -262,12 +324,7 @@ impl MemoryBroker {
                         .map_or(self.inner.config.default_max_length, |m| {
                             usize::try_from(m).unwrap_or(usize::MAX)
                         });
-                    let q = Arc::new(Queue {
-                        spec: spec.clone(),
-                        max_len,
-                        ready: Mutex::new(VecDeque::new()),
-                        notify: Notify::new(),
-                    });
+                    let q = Arc::new(Queue::new(spec.clone(), max_len));
                     st.queues.insert(spec.name.clone(), q.clone());
                     q
                 }
@@ -280,6 +337,7 @@ impl MemoryBroker {
                         .any(|(k, bq)| k == b && Arc::ptr_eq(bq, &q))
                     {
                         e.bindings.push((b.clone(), q.clone()));
+                        e.routes.get_mut().clear();
                     }
                 }
             }
@@ -327,14 +385,7 @@ impl Inner {
                     kind: "exchange",
                     name: exchange.to_owned(),
                 })?;
-            let mut targets: Vec<&Arc<Queue>> = Vec::with_capacity(2);
-            for (b, q) in &ex.bindings {
-                if ex.kind.matches(b, &message.routing_key)
-                    && !targets.iter().any(|t| Arc::ptr_eq(t, q))
-                {
-                    targets.push(q);
-                }
-            }
+            let targets = ex.targets(&message.routing_key);
             if targets.is_empty() {
                 if options.mandatory {
                     PublishOutcome::Unroutable {
@@ -352,7 +403,7 @@ impl Inner {
                 let mut outcome = PublishOutcome::Confirmed;
                 let last = targets.len() - 1;
                 let mut message = Some(message);
-                for (i, q) in targets.into_iter().enumerate() {
+                for (i, q) in targets.iter().enumerate() {
                     let m = if i == last {
                         message.take()
                     } else {
@@ -432,11 +483,12 @@ impl Transport for MemoryBroker {
     ) -> BoxFuture<'a, Result<PendingConfirm>> {
         let r = (|| {
             self.check_online()?;
-            if self
-                .inner
-                .nack_next
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+            if self.inner.nack_next.load(Ordering::SeqCst) > 0
+                && self
+                    .inner
+                    .nack_next
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
             {
                 return Ok(PendingConfirm::ready(PublishOutcome::Nacked));
             }
@@ -523,26 +575,72 @@ impl MemStream {
         self.broker.epoch.load(Ordering::SeqCst) == self.epoch
     }
 
+    /// Pops the next live message (dead-lettering expired ones at the head).
+    fn pop(&self) -> Option<Stored> {
+        let mut expired = Vec::new();
+        let got = {
+            let mut r = self.queue.ready.lock();
+            if self.queue.spec.message_ttl.is_some() {
+                self.queue.expire_head(&mut r, Instant::now(), &mut expired);
+            }
+            r.pop_front()
+        };
+        if !expired.is_empty() {
+            self.broker.dead_letter_expired(&self.queue, expired);
+        }
+        got
+    }
+
+    fn deliver(&self, mut s: Stored, permit: OwnedSemaphorePermit) -> Delivery {
+        s.delivery_count += 1;
+        Delivery {
+            message: s.message.clone(),
+            redelivered: s.redelivered,
+            delivery_count: s.delivery_count,
+            acker: Box::new(MemAcker {
+                broker: self.broker.clone(),
+                queue: self.queue.clone(),
+                stored: Some(s),
+                epoch: self.epoch,
+                _permit: permit,
+            }),
+        }
+    }
+
+    /// The next delivery. Fast path (a prefetch slot free and a message
+    /// ready): no wake-up registration at all; only when it has to wait does
+    /// it register for the queue and for a connection loss.
     async fn next_delivery(&mut self) -> Option<Result<Delivery>> {
         if self.cancelled {
             return None;
         }
-        let permit = {
-            let lost = self.broker.lost.notified();
-            tokio::pin!(lost);
-            lost.as_mut().enable();
-            if !self.alive() {
-                return Some(Err(Error::ConnectionLost));
-            }
-            tokio::select! {
-                p = self.prefetch.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return None,
-                },
-                () = &mut lost => return Some(Err(Error::ConnectionLost)),
+        if !self.alive() {
+            return Some(Err(Error::ConnectionLost));
+        }
+        let permit = match self.prefetch.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => {
+                let lost = self.broker.lost.notified();
+                tokio::pin!(lost);
+                lost.as_mut().enable();
+                if !self.alive() {
+                    return Some(Err(Error::ConnectionLost));
+                }
+                tokio::select! {
+                    p = self.prefetch.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return None,
+                    },
+                    () = &mut lost => return Some(Err(Error::ConnectionLost)),
+                }
             }
         };
+        if let Some(s) = self.pop() {
+            return Some(Ok(self.deliver(s, permit)));
+        }
         loop {
+            // Register first, then look again: a publish in between wakes us.
             let notified = self.queue.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -552,30 +650,8 @@ impl MemStream {
             if !self.alive() {
                 return Some(Err(Error::ConnectionLost));
             }
-            let mut expired = Vec::new();
-            let got = {
-                let mut r = self.queue.ready.lock();
-                self.queue.expire_head(&mut r, Instant::now(), &mut expired);
-                r.pop_front()
-            };
-            if !expired.is_empty() {
-                self.broker.dead_letter_expired(&self.queue, expired);
-            }
-            if let Some(mut s) = got {
-                s.delivery_count += 1;
-                let delivery = Delivery {
-                    message: s.message.clone(),
-                    redelivered: s.redelivered,
-                    delivery_count: s.delivery_count,
-                    acker: Box::new(MemAcker {
-                        broker: self.broker.clone(),
-                        queue: self.queue.clone(),
-                        stored: Some(s),
-                        epoch: self.epoch,
-                        _permit: permit,
-                    }),
-                };
-                return Some(Ok(delivery));
+            if let Some(s) = self.pop() {
+                return Some(Ok(self.deliver(s, permit)));
             }
             tokio::select! {
                 () = &mut notified => {}
