@@ -78,7 +78,13 @@
 //!   (RESP2) to a pub/sub connection on `__redis__:invalidate`, so writes by
 //!   *any* client — the Python services included — evict L1 (measured:
 //!   ~0.2 ms from the write to the eviction on localhost). Falls back to
-//!   explicit pub/sub when the server refuses tracking. This instance's own
+//!   explicit pub/sub when the server refuses tracking: the listener sends
+//!   `CLIENT TRACKING ON …` on every (re)connection, and any error reply (an
+//!   ACL user without `client|tracking`, Redis < 6, a proxy without the
+//!   command) makes it subscribe to the pub/sub channel instead, until the
+//!   next reconnection; `Cache::invalidation_status` tells which is active
+//!   (`tests/redis.rs`, `tracking_refused_by_redis_falls_back_to_pubsub`,
+//!   runs it with such an ACL user). This instance's own
 //!   writes go through the tracking connection with `NOLOOP`, so they do not
 //!   evict its own fresh copy (pub/sub messages carry a source id instead).
 //! * **Lost invalidations.** Both invalidation connections are pinged every
@@ -97,9 +103,26 @@
 //! # Memory bounds
 //!
 //! * L1: [`Capacity::Entries`] or [`Capacity::Bytes`] (key + JSON length), evicted by moka's TinyLFU.
-//! * Loads in flight: one entry per key being loaded (at most the number of concurrent callers).
+//!   An entry is the value plus 24 bytes of metadata.
+//! * Loads in flight: one entry per key being loaded (at most the number of
+//!   concurrent callers); a load whose every caller was cancelled is dropped
+//!   with the last of them.
 //! * Generation counters: 1 024 stripes (8 KiB) per cache, whatever the number of keys.
+//! * Hit counters: 65 cache lines (4 KiB) per cache, one per thread for the
+//!   first 64 threads of the process, shared by the others.
 //! * Gzip bodies from Redis are decompressed up to 64 MiB ([`redis::MAX_DECOMPRESSED_BYTES`]).
+//!
+//! # Lifetime
+//!
+//! Dropping the last clone of a [`Cache`] stops everything it runs in the
+//! background, at once and without waiting for a heartbeat: the
+//! invalidation listener ends and closes its tracking and pub/sub
+//! connections, background refreshes are cancelled (their loaders'
+//! futures dropped; a lease they hold expires by itself), and the data
+//! connection closes with its last user (a manager given with
+//! `RedisOptions::connection_manager` stays open for its other owners). An L1-only cache runs no
+//! task outside refreshes. `tests/lifecycle.rs` checks it against Redis
+//! (`CLIENT LIST`, tokio's task count).
 //!
 //! # Runtime
 //!
@@ -109,12 +132,13 @@
 //!
 //! # Time and randomness
 //!
-//! Freshness, refresh and stale windows are `tokio::time::Instant`s, and
-//! moka's per-entry expiry is set to the same spans. With the default
-//! [`Clock::System`], an entry without a stale window or refresh trigger is
-//! fresh exactly while moka returns it, so an L1 hit reads no clock of its
-//! own (a clock read costs 20-140 ns depending on the machine — as much as
-//! half of moka's `get`). Tests on tokio's paused clock
+//! Freshness, refresh and stale windows are measured on
+//! `tokio::time::Instant`, and moka's per-entry expiry is set to the same
+//! spans. With the default [`Clock::System`] and a type without stale
+//! windows, refresh-ahead or early refresh, an entry is fresh exactly while
+//! moka returns it, so an L1 hit reads no clock of its own (a clock read
+//! costs 20-140 ns depending on the machine — as much as half of moka's
+//! `get`). Tests on tokio's paused clock
 //! (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`) build the
 //! cache with [`CacheBuilder::clock`]`(`[`Clock::Tokio`]`)`: every hit then
 //! checks tokio's clock. Jitter and early refresh draw from a seeded

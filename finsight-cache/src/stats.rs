@@ -1,6 +1,7 @@
 //! Counters per layer.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 /// Counters of one layer, as read by [`crate::Cache::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -79,11 +80,91 @@ impl Stats {
     }
 }
 
+/// Threads that own a hit slot (the first 64 threads that record a hit in
+/// any cache; tokio's workers in practice). Later threads share one slot.
+const OWNED_SLOTS: usize = 64;
+
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's index (`usize::MAX` until its first hit). Indices are
+    /// never reused, so slot `i < OWNED_SLOTS` has exactly one writer.
+    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+#[inline]
+fn thread_index() -> usize {
+    THREAD_INDEX.with(|i| {
+        let mut v = i.get();
+        if v == usize::MAX {
+            v = NEXT_THREAD.fetch_add(1, Relaxed);
+            i.set(v);
+        }
+        v
+    })
+}
+
+/// One thread's hit counters, on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct HitSlot {
+    hits: AtomicU64,
+    negative_hits: AtomicU64,
+}
+
+/// L1 hit counters, the only counters on the hit path. A thread that owns
+/// a slot counts with a plain load and store (it is the slot's only
+/// writer): no locked instruction, no cache line shared between threads.
+/// Other threads `fetch_add` on the shared last slot. Reading sums the
+/// slots (4 KiB per cache).
+#[derive(Debug)]
+pub(crate) struct HitCounters {
+    slots: Box<[HitSlot]>,
+}
+
+impl Default for HitCounters {
+    fn default() -> Self {
+        Self {
+            slots: (0..=OWNED_SLOTS).map(|_| HitSlot::default()).collect(),
+        }
+    }
+}
+
+impl HitCounters {
+    #[inline]
+    pub(crate) fn record(&self, positive: bool) {
+        let i = thread_index();
+        let owned = i < OWNED_SLOTS;
+        let Some(slot) = self.slots.get(if owned { i } else { OWNED_SLOTS }) else {
+            return;
+        };
+        let c = if positive {
+            &slot.hits
+        } else {
+            &slot.negative_hits
+        };
+        if owned {
+            c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
+        } else {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn sum(&self) -> (u64, u64) {
+        self.slots.iter().fold((0, 0), |(h, n), s| {
+            (
+                h.wrapping_add(s.hits.load(Relaxed)),
+                n.wrapping_add(s.negative_hits.load(Relaxed)),
+            )
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) l1_hits: AtomicU64,
+    /// Hits and negative hits of L1.
+    pub(crate) l1_hits: HitCounters,
     pub(crate) l1_misses: AtomicU64,
-    pub(crate) l1_negative_hits: AtomicU64,
     pub(crate) l1_stale_served: AtomicU64,
     pub(crate) l1_evictions: AtomicU64,
     pub(crate) l2_hits: AtomicU64,
@@ -105,11 +186,12 @@ pub(crate) fn inc(c: &AtomicU64) {
 impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         let g = |c: &AtomicU64| c.load(Relaxed);
+        let (hits, negative_hits) = self.l1_hits.sum();
         Stats {
             l1: LayerStats {
-                hits: g(&self.l1_hits),
+                hits,
                 misses: g(&self.l1_misses),
-                negative_hits: g(&self.l1_negative_hits),
+                negative_hits,
                 stale_served: g(&self.l1_stale_served),
                 evictions: g(&self.l1_evictions),
                 errors: 0,
@@ -128,5 +210,33 @@ impl Counters {
             invalidations_received: g(&self.invalidations_received),
             fills_dropped: g(&self.fills_dropped),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_from_many_threads_are_all_counted() {
+        let c = std::sync::Arc::new(HitCounters::default());
+        // More threads than owned slots: some share the fallback slot.
+        let threads: Vec<_> = (0..OWNED_SLOTS + 8)
+            .map(|t| {
+                let c = std::sync::Arc::clone(&c);
+                std::thread::spawn(move || {
+                    for i in 0..1_000 {
+                        c.record(i % 4 != 0 || t % 2 == 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Odd threads record a negative hit every 4th time.
+        let n = (OWNED_SLOTS + 8) as u64;
+        let negatives = (n / 2) * 250;
+        assert_eq!(c.sum(), (n * 1_000 - negatives, negatives));
     }
 }

@@ -450,3 +450,86 @@ async fn system_clock_entries_expire_with_moka_expiry() {
     assert!(reloaded, "negative entry expired and the loader ran again");
     assert!(c.stats().l1.negative_hits >= 1);
 }
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_get_or_load_leaves_no_load_behind() {
+    let c = cache(cfg(60)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let canary = Arc::new(());
+    let slow = |calls: Arc<AtomicUsize>, canary: Arc<()>| {
+        move || async move {
+            let _held = canary;
+            calls.fetch_add(1, SeqCst);
+            sleep(Duration::from_secs(10)).await;
+            Ok::<_, std::io::Error>(Some(q("C", 1.0)))
+        }
+    };
+    // The only caller gives up: its load is dropped with it.
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        c.get_or_load("C", slow(Arc::clone(&calls), Arc::clone(&canary))),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert_eq!(Arc::strong_count(&canary), 1, "abandoned load dropped");
+    // The next caller loads afresh instead of joining a load nobody drives.
+    let v = c
+        .get_or_load("C", slow(Arc::clone(&calls), Arc::clone(&canary)))
+        .await
+        .unwrap();
+    assert_eq!(v, Some(q("C", 1.0)));
+    assert_eq!(calls.load(SeqCst), 2);
+
+    // Of two callers of one load, one gives up: the other gets the value of
+    // that same load.
+    let c2 = c.clone();
+    let (calls2, canary2) = (Arc::clone(&calls), Arc::clone(&canary));
+    let patient = tokio::spawn(async move { c2.get_or_load("D", slow(calls2, canary2)).await });
+    sleep(Duration::from_millis(1)).await; // the spawned caller leads
+    let gave_up = tokio::time::timeout(
+        Duration::from_secs(1),
+        c.get_or_load("D", slow(Arc::clone(&calls), Arc::clone(&canary))),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert_eq!(patient.await.unwrap().unwrap(), Some(q("C", 1.0)));
+    assert_eq!(calls.load(SeqCst), 3, "one load for both callers");
+    assert_eq!(c.stats().coalesced_waits, 1);
+    assert_eq!(Arc::strong_count(&canary), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_cancels_background_refreshes() {
+    // trading_data: 60 s, refresh once less than 12 s is left.
+    let c = cache(CacheConfig::trading_data().with_layers(Layers::L1)).await;
+    assert_eq!(alive_tasks(), 0, "an L1-only cache runs no task of its own");
+    let ok = || async { Ok::<_, std::io::Error>(Some(q("T", 0.0))) };
+    c.get_or_load("T", ok).await.unwrap();
+    advance(Duration::from_secs(49)).await;
+    let canary = Arc::new(());
+    let held = Arc::clone(&canary);
+    let v = c
+        .get_or_load("T", move || async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(q("T", 0.0)));
+    assert_eq!(c.stats().refreshes, 1);
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(alive_tasks(), 1, "the refresh task");
+    assert_eq!(Arc::strong_count(&canary), 2);
+
+    drop(c);
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(alive_tasks(), 0, "refresh task ended");
+    assert_eq!(Arc::strong_count(&canary), 1, "its load was dropped");
+}

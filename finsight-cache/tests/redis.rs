@@ -11,6 +11,9 @@ use finsight_testkit::{redis_url, unique};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+mod support;
+use support::AclUser;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Session {
     user_id: u64,
@@ -559,4 +562,375 @@ async fn data_commands_run_on_a_given_connection_manager() {
         .await
         .unwrap();
     assert_eq!(stored, serde_json::to_string(&s(3)).unwrap());
+}
+
+/// Two instances whose Redis user may not run `CLIENT TRACKING` (an ACL
+/// that denies `client|tracking`): both fall back to pub/sub by themselves
+/// and still evict each other's L1 on set, delete and pattern invalidation.
+#[tokio::test]
+async fn tracking_refused_by_redis_falls_back_to_pubsub() {
+    let user = AclUser::create("cache-notrack", &["-client|tracking"]);
+    // Precondition: Redis really refuses tracking to this user.
+    let mut probe = redis::Client::open(user.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let refused = redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("BCAST")
+        .query_async::<()>(&mut probe)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().to_lowercase().contains("noperm"),
+        "expected NOPERM, got {refused}"
+    );
+    drop(probe);
+
+    let p = prefix("notrack");
+    let cfg = CacheConfig::new("notrack", &p, Duration::from_secs(600));
+    let build = || async {
+        Cache::<Session>::builder(cfg.clone())
+            // The default transport: tracking, which this user may not use.
+            .redis(RedisOptions::new(&user.url()).unwrap())
+            .build()
+            .await
+            .unwrap()
+    };
+    let a = build().await;
+    let b = build().await;
+    assert_eq!(a.invalidation_status(), Some(InvalidationStatus::PubSub));
+    assert_eq!(b.invalidation_status(), Some(InvalidationStatus::PubSub));
+    // Redis' side: none of this user's connections tracks, two subscribe.
+    let conns = user.connections();
+    assert!(
+        conns.iter().all(|c| c.contains(" redir=-1 ")),
+        "no tracking connection: {conns:#?}"
+    );
+    assert_eq!(
+        conns.iter().filter(|c| c.contains(" sub=1 ")).count(),
+        2,
+        "one subscriber per instance: {conns:#?}"
+    );
+
+    // set on A evicts B's copy.
+    let before = b.stats().invalidations_received;
+    a.set("k", &s(1)).await.unwrap();
+    settle(&b, before).await; // or that first message evicts B's fill below
+    assert_eq!(b.get("k").await.unwrap(), Some(s(1)));
+    let took = eviction_latency(&b, async { a.set("k", &s(2)).await.unwrap() }).await;
+    eprintln!("pub/sub fallback eviction, set on A: {took:?}");
+    assert_eq!(b.get("k").await.unwrap(), Some(s(2)));
+    assert!(a.contains_local("k").await, "A keeps its own write");
+
+    // delete on A evicts it too.
+    let took = eviction_latency(&b, async { a.delete("k").await.unwrap() }).await;
+    eprintln!("pub/sub fallback eviction, delete on A: {took:?}");
+    assert_eq!(b.get("k").await.unwrap(), None);
+
+    // So does a pattern invalidation, and B's own writes reach A.
+    let before = a.stats().invalidations_received;
+    b.set("k", &s(3)).await.unwrap();
+    settle(&a, before).await;
+    assert_eq!(a.get("k").await.unwrap(), Some(s(3)));
+    assert!(a.contains_local("k").await);
+    assert!(b.contains_local("k").await);
+    let took = eviction_latency(&b, async {
+        assert_eq!(a.invalidate_pattern("k*").await.unwrap(), 1);
+    })
+    .await;
+    eprintln!("pub/sub fallback eviction, pattern on A: {took:?}");
+    assert_eq!(b.get("k").await.unwrap(), None);
+
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!(sa.invalidations_sent, 4, "{sa:?}"); // set, set, delete, pattern
+    assert_eq!(sb.invalidations_sent, 1, "{sb:?}");
+    assert!(sb.invalidations_received >= 4, "{sb:?}");
+    drop((a, b));
+}
+
+fn raw_set_px(p: &str, key: &str, v: &Session, px: u64) -> redis::Cmd {
+    redis::cmd("SET")
+        .arg(format!("{p}{key}"))
+        .arg(serde_json::to_vec(v).unwrap())
+        .arg("PX")
+        .arg(px)
+        .clone()
+}
+
+async fn raw_get(r: &mut redis::aio::MultiplexedConnection, p: &str, key: &str) -> Option<Session> {
+    let body: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(format!("{p}{key}"))
+        .query_async(r)
+        .await
+        .unwrap();
+    body.map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+/// Refresh-ahead on the real Redis: an entry whose TTL left in Redis is
+/// under the threshold is served at once and reloaded in the background by
+/// one load; readers keep the old value meanwhile; the new value lands in
+/// Redis (with a full TTL) and in L1, and the other instance's L1 copy is
+/// evicted. Driven by the TTL Redis reports, not by waiting.
+#[tokio::test]
+async fn refresh_ahead_reloads_once_in_background_into_l1_and_redis() {
+    let p = prefix("refresh");
+    // 60 s TTL, refresh once less than 30 s is left.
+    let cfg = CacheConfig::new("refresh", &p, Duration::from_secs(60)).with_refresh_ahead(0.5);
+    let a = cache(cfg.clone()).await;
+    let b = cache(cfg).await;
+    let mut r = raw().await;
+    // Written "40 s ago" by someone: 20 s left, under the threshold.
+    let (before_a, before_b) = (
+        a.stats().invalidations_received,
+        b.stats().invalidations_received,
+    );
+    let () = raw_set_px(&p, "q", &s(0), 20_000)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // That write's invalidation must not evict the fills below.
+    settle(&a, before_a).await;
+    settle(&b, before_b).await;
+
+    let loads = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let loader = |value: u64| {
+        let (loads, started, release) = (
+            Arc::clone(&loads),
+            Arc::clone(&started),
+            Arc::clone(&release),
+        );
+        move || async move {
+            loads.fetch_add(1, SeqCst);
+            started.notify_one();
+            release.notified().await;
+            Ok::<_, std::io::Error>(Some(s(value)))
+        }
+    };
+
+    // The L2 hit fills L1 with 20 s left: no load, but a refresh is due.
+    assert_eq!(a.get_or_load("q", loader(99)).await.unwrap(), Some(s(0)));
+    assert_eq!((a.stats().loads, a.stats().refreshes), (0, 0));
+    assert_eq!(
+        b.get("q").await.unwrap(),
+        Some(s(0)),
+        "B holds the old value too"
+    );
+    assert!(b.contains_local("q").await);
+
+    // The next read serves the old value at once and starts the refresh.
+    assert_eq!(a.get_or_load("q", loader(1)).await.unwrap(), Some(s(0)));
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the refresh's loader started");
+    let l2_reads = |c: &Cache<Session>| c.stats().l2.hits + c.stats().l2.misses;
+    let a_l2_reads = l2_reads(&a);
+    // While it runs: the old value from L1, no second refresh or load.
+    for _ in 0..20 {
+        assert_eq!(a.get_or_load("q", loader(2)).await.unwrap(), Some(s(0)));
+        assert_eq!(a.get("q").await.unwrap(), Some(s(0)));
+    }
+    let st = a.stats();
+    assert_eq!((st.loads, st.refreshes), (1, 1), "{st:?}");
+    assert_eq!(l2_reads(&a), a_l2_reads, "served from L1 while refreshing");
+    assert_eq!(raw_get(&mut r, &p, "q").await, Some(s(0)));
+
+    release.notify_one();
+    // Bounded wait until the refreshed value is in A's L1.
+    let mut refreshed = false;
+    for _ in 0..2_000 {
+        if a.get("q").await.unwrap() == Some(s(1)) {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(refreshed, "the refreshed value reached A's L1");
+    assert_eq!(l2_reads(&a), a_l2_reads, "A read it from L1, not Redis");
+    let st = a.stats();
+    assert_eq!(
+        (st.loads, st.refreshes, st.load_errors),
+        (1, 1, 0),
+        "{st:?}"
+    );
+
+    // In Redis: the new value with a new full TTL (more than the old key
+    // ever had left).
+    assert_eq!(raw_get(&mut r, &p, "q").await, Some(s(1)));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{p}q"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(pttl > 20_000, "refresh wrote a full TTL: PTTL {pttl}");
+
+    // B's old copy was evicted by the refresh's write, and B reads the new value.
+    wait_evicted(&b, "q").await.expect("B's L1 evicted");
+    assert_eq!(b.get("q").await.unwrap(), Some(s(1)));
+    // A does not refresh again: the new entry is far from expiry.
+    assert_eq!(a.get_or_load("q", loader(3)).await.unwrap(), Some(s(1)));
+    assert_eq!(a.stats().refreshes, 1);
+}
+
+/// A refresh that finds a value another instance already refreshed in Redis
+/// (more TTL left than the threshold) takes it instead of loading.
+#[tokio::test]
+async fn refresh_ahead_takes_a_value_another_instance_refreshed() {
+    let p = prefix("refresh2");
+    let cfg = CacheConfig::new("refresh2", &p, Duration::from_secs(60)).with_refresh_ahead(0.5);
+    // No invalidation: the other writer's SET must not evict A's copy first.
+    let a = cache_with(cfg, Invalidation::Off).await;
+    let mut r = raw().await;
+    let () = raw_set_px(&p, "q", &s(0), 20_000)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let loader = || {
+        let loads = Arc::clone(&loads);
+        move || async move {
+            loads.fetch_add(1, SeqCst);
+            Ok::<_, std::io::Error>(Some(s(99)))
+        }
+    };
+    assert_eq!(a.get_or_load("q", loader()).await.unwrap(), Some(s(0)));
+    // Another instance refreshed it meanwhile: a full TTL left.
+    let () = raw_set_px(&p, "q", &s(7), 60_000)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(a.get_or_load("q", loader()).await.unwrap(), Some(s(0)));
+    let mut refreshed = false;
+    for _ in 0..2_000 {
+        if a.get("q").await.unwrap() == Some(s(7)) {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(refreshed, "A took the other instance's value");
+    assert_eq!(loads.load(SeqCst), 0, "no load");
+    let st = a.stats();
+    assert_eq!((st.loads, st.refreshes), (0, 1), "{st:?}");
+    assert_eq!(raw_get(&mut r, &p, "q").await, Some(s(7)));
+}
+
+/// A refresh whose key another instance wrote while the loader ran stores
+/// nothing: neither its older value in L1 nor over the newer one in Redis.
+#[tokio::test]
+async fn a_refresh_that_raced_a_remote_write_leaves_no_stale_value() {
+    let p = prefix("refresh-race");
+    let cfg = CacheConfig::new("refresh-race", &p, Duration::from_secs(60)).with_refresh_ahead(0.5);
+    let a = cache(cfg.clone()).await;
+    let b = cache(cfg).await;
+    let mut r = raw().await;
+    let before = a.stats().invalidations_received;
+    let () = raw_set_px(&p, "q", &s(0), 20_000)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    settle(&a, before).await;
+    let noop = || async { Ok::<Option<Session>, std::io::Error>(None) };
+    assert_eq!(a.get_or_load("q", noop).await.unwrap(), Some(s(0)));
+
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (st, rl) = (Arc::clone(&started), Arc::clone(&release));
+    let served = a
+        .get_or_load("q", move || async move {
+            st.notify_one();
+            rl.notified().await;
+            Ok::<_, std::io::Error>(Some(s(1))) // read before B's write
+        })
+        .await
+        .unwrap();
+    assert_eq!(served, Some(s(0)));
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the refresh's loader started");
+
+    let before = a.stats().invalidations_received;
+    b.set("q", &s(5)).await.unwrap();
+    settle(&a, before).await;
+    assert!(!a.contains_local("q").await, "B's write evicted A's copy");
+    release.notify_one();
+    // Bounded wait until the refresh has finished (and dropped its fill).
+    for _ in 0..2_000 {
+        if a.stats().fills_dropped > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let st = a.stats();
+    assert_eq!(
+        (st.loads, st.refreshes, st.fills_dropped),
+        (1, 1, 1),
+        "{st:?}"
+    );
+    assert!(
+        !a.contains_local("q").await,
+        "the refresh's stale value is not in L1"
+    );
+    assert_eq!(raw_get(&mut r, &p, "q").await, Some(s(5)), "nor in Redis");
+    assert_eq!(a.get("q").await.unwrap(), Some(s(5)));
+}
+
+/// A Redis that accepts connections and never answers: building, reading
+/// and writing all return (bounded by the configured timeouts), L1 serves.
+#[tokio::test]
+async fn a_redis_that_never_answers_does_not_hang_calls() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock); // read nothing, answer nothing
+        }
+    });
+    let cfg = CacheConfig::new("silent", "silent:", Duration::from_secs(60))
+        .with_l2_timeout(Duration::from_millis(200));
+    let build = Cache::<Session>::builder(cfg)
+        .redis(
+            RedisOptions::new(&format!("redis://127.0.0.1:{port}"))
+                .unwrap()
+                .connect_timeout(Duration::from_millis(300)),
+        )
+        .build();
+    let c = tokio::time::timeout(Duration::from_secs(5), build)
+        .await
+        .expect("build hung")
+        .unwrap();
+    assert_eq!(
+        c.invalidation_status(),
+        Some(InvalidationStatus::Connecting)
+    );
+    let get = tokio::time::timeout(Duration::from_secs(5), c.get("k"))
+        .await
+        .expect("get hung");
+    assert_eq!(get.unwrap(), None);
+    let loaded = tokio::time::timeout(
+        Duration::from_secs(5),
+        c.get_or_load("k", || async { Ok::<_, std::io::Error>(Some(s(1))) }),
+    )
+    .await
+    .expect("get_or_load hung");
+    assert_eq!(loaded.unwrap(), Some(s(1)));
+    let set = tokio::time::timeout(Duration::from_secs(5), c.set("w", &s(2)))
+        .await
+        .expect("set hung");
+    assert!(
+        matches!(set, Err(finsight_cache::Error::Timeout { .. })),
+        "{set:?}"
+    );
+    let errors = c.stats().l2.errors;
+    assert!(errors >= 2, "{:?}", c.stats());
+    // L1 serves what the loader returned, without asking Redis again.
+    assert_eq!(c.get("k").await.unwrap(), Some(s(1)));
+    assert_eq!(c.stats().l2.errors, errors);
+    drop(c);
+    silent.abort();
 }

@@ -9,6 +9,11 @@
 //! Both are pinged every heartbeat; when either fails, the task reconnects
 //! with backoff (50 ms doubling to 2 s) and, once subscribed again, flushes
 //! L1 because invalidations may have been lost meanwhile.
+//!
+//! The task holds only a `Weak` reference to the cache and ends — closing
+//! both connections — as soon as the last `Cache` handle is dropped (the
+//! cache's stop channel closes), whatever it is doing: connecting, backing
+//! off or listening.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -57,7 +62,19 @@ pub(crate) async fn start<V: Value>(inner: &Arc<Inner<V>>, opts: &RedisOptions) 
         writer: Arc::clone(&l2.tracker),
         ready: ready_tx,
     };
-    tokio::spawn(listener.run());
+    let mut stop = inner.stop.clone();
+    let writer = Arc::clone(&l2.tracker);
+    let name = inner.cfg.name.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {}
+            () = listener.run() => {}
+        }
+        // The tracking connection is closed with its last handle.
+        *writer.lock() = None;
+        tracing::debug!(cache = %name, "invalidation listener stopped");
+    });
     let _ = tokio::time::timeout(opts.connect_timeout, ready_rx.wait_for(|r| *r)).await;
     Ok(())
 }

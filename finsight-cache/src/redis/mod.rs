@@ -37,7 +37,18 @@ pub enum Invalidation {
     /// (`CLIENT TRACKING ON REDIRECT <id> BCAST PREFIX <prefix> NOLOOP`, RESP2
     /// redirect to a pub/sub connection on `__redis__:invalidate`): writes by
     /// *any* client, the Python services included, evict L1. Falls back to
-    /// [`Invalidation::PubSub`] when the server refuses tracking.
+    /// [`Invalidation::PubSub`] when the server refuses tracking: any error
+    /// reply to `CLIENT TRACKING` on a (re)connection (an ACL user without
+    /// `client|tracking`, Redis < 6, a proxy) subscribes to the pub/sub
+    /// channel instead, until the next reconnection (logged as a warning;
+    /// [`crate::Cache::invalidation_status`] says
+    /// [`InvalidationStatus::PubSub`]).
+    ///
+    /// Mixed fleets: an instance in tracking mode does not publish, so an
+    /// instance that fell back to pub/sub does not see its writes (staleness
+    /// there is bounded by `l1_ttl`); the other direction works (tracking
+    /// sees every write). Give every instance of a type the same Redis
+    /// permissions.
     Tracking,
     /// Explicit messages on `finsight:cache:invalidate:<prefix>`, published by
     /// this crate's writes only (writes by other clients are not seen; L1
