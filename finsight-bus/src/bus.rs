@@ -98,7 +98,12 @@ impl Bus {
 
     /// The SPEC §5 routing key `<event_type>.<service>`.
     pub fn routing_key(&self, event_type: &str) -> String {
-        format!("{event_type}.{}", self.inner.service)
+        let service = &self.inner.service;
+        let mut key = String::with_capacity(event_type.len() + 1 + service.len());
+        key.push_str(event_type);
+        key.push('.');
+        key.push_str(service);
+        key
     }
 
     /// Sends `envelope` to the main exchange and returns its pending confirm

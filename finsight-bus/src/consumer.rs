@@ -1,12 +1,21 @@
 //! The consumer engine: subscription with re-subscription, bounded
 //! concurrency, in-process retry with backoff, handler timeout, panic
 //! isolation, duplicate filter, dead-lettering with reasons, graceful drain.
+//!
+//! Per-message cost: a delivery is handled inline in the consumer task as
+//! far as it goes without waiting: each handler future and the ack are
+//! polled once at once, and only what is still pending is boxed and kept
+//! (with its handler or settle timeout, whose timer is set up only then).
+//! So a handler that finishes on its first poll costs no task, no timer
+//! and no clock read. Deliveries already received are taken in batches,
+//! one wake-up for many.
 
 use crate::bus::{Bus, Context};
 use crate::dedup::Dedup;
 use crate::envelope::{
     Envelope, HEADER_DEAD_LETTER_ATTEMPTS, HEADER_DEAD_LETTER_HANDLER, HEADER_DEAD_LETTER_QUEUE,
-    HEADER_DEAD_LETTER_REASON, HEADER_ORIGINAL_ROUTING_KEY, Message,
+    HEADER_DEAD_LETTER_REASON, HEADER_EVENT_TYPE, HEADER_ORIGINAL_ROUTING_KEY, Message, Wire,
+    validate_json,
 };
 use crate::error::{Error, Result};
 use crate::router::{HandlerError, Route, Router, UnknownEventPolicy};
@@ -14,9 +23,12 @@ use crate::transport::{Acker, Delivery, DeliveryStream, SubscribeOptions, Transp
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -194,6 +206,8 @@ impl ConsumerBuilder {
         self
     }
     /// Timeout of one handler attempt (default 30 s; a timeout is retryable).
+    /// The timer starts when the attempt first has to wait, so an attempt
+    /// that finishes on its first poll never sets one up.
     pub fn handler_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.handler_timeout = timeout;
         self
@@ -227,7 +241,8 @@ impl ConsumerBuilder {
     /// Longest wait for one settle (ack, requeue, dead-letter publish and
     /// ack; default 30 s). A settle that does not finish in time counts in
     /// [`ConsumerStats::settle_errors`] and frees its concurrency slot; the
-    /// broker redelivers the message when the connection closes.
+    /// broker redelivers the message when the connection closes. The timer
+    /// starts when the settle first has to wait (an in-memory ack never does).
     pub fn settle_timeout(mut self, timeout: Duration) -> Self {
         self.settle_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -368,7 +383,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
             })
         })
     };
-    let mut inflight = FuturesUnordered::new();
+    let mut inflight: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
     let mut backoff = shared.resubscribe_initial;
     let mut state = State::Subscribing(subscribe());
     loop {
@@ -379,23 +394,32 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
             State::Consuming(sub) => tokio::select! {
                 biased;
                 _ = stop.changed() => Step::Stop,
-                Some(()) = inflight.next(), if !inflight.is_empty() => Step::Nothing,
+                Some(()) = inflight.next(), if !inflight.is_empty() => {
+                    drain_ready(&mut inflight).await;
+                    Step::Nothing
+                }
                 d = sub.next(), if inflight.len() < shared.concurrency => match d {
                     Some(Ok(d)) => {
-                        inflight.push(process(shared.clone(), d));
+                        take(&shared, &mut inflight, d).await;
                         // Take what is already there without another round
                         // through select (one wake-up, many deliveries).
                         let mut step = Step::Nothing;
-                        while inflight.len() < shared.concurrency {
-                            match sub.next().now_or_never() {
-                                None => break,
-                                Some(Some(Ok(d))) => inflight.push(process(shared.clone(), d)),
-                                Some(Some(Err(e))) => {
+                        let mut taken = 1;
+                        while inflight.len() < shared.concurrency && taken < BATCH {
+                            // Yields to the runtime when this task used its budget.
+                            tokio::task::coop::consume_budget().await;
+                            match poll_now(sub.next()).await {
+                                Poll::Pending => break,
+                                Poll::Ready(Some(Ok(d))) => {
+                                    take(&shared, &mut inflight, d).await;
+                                    taken += 1;
+                                }
+                                Poll::Ready(Some(Err(e))) => {
                                     warn!(queue = %shared.queue, error = %e, "subscription lost; re-subscribing");
                                     step = Step::Lost;
                                     break;
                                 }
-                                Some(None) => {
+                                Poll::Ready(None) => {
                                     warn!(queue = %shared.queue, "subscription ended by the broker; re-subscribing");
                                     step = Step::Lost;
                                     break;
@@ -417,7 +441,10 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
             State::Subscribing(fut) => tokio::select! {
                 biased;
                 _ = stop.changed() => Step::Stop,
-                Some(()) = inflight.next(), if !inflight.is_empty() => Step::Nothing,
+                Some(()) = inflight.next(), if !inflight.is_empty() => {
+                    drain_ready(&mut inflight).await;
+                    Step::Nothing
+                }
                 r = fut => match r {
                     Ok(s) => Step::Subscribed(s),
                     Err(e) => {
@@ -429,7 +456,10 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
             State::Waiting(sleep) => tokio::select! {
                 biased;
                 _ = stop.changed() => Step::Stop,
-                Some(()) = inflight.next(), if !inflight.is_empty() => Step::Nothing,
+                Some(()) = inflight.next(), if !inflight.is_empty() => {
+                    drain_ready(&mut inflight).await;
+                    Step::Nothing
+                }
                 () = sleep.as_mut() => Step::Resubscribe,
             },
         };
@@ -465,11 +495,65 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<Option<Duration>>) {
     drop(state);
 }
 
+/// Deliveries taken per wake-up before the loop looks at the stop signal again.
+const BATCH: usize = 256;
+
+/// Polls `fut` once with the task's context.
+async fn poll_now<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
+}
+
+/// Settles every in-flight message that is already done.
+async fn drain_ready(inflight: &mut FuturesUnordered<BoxFuture<'static, ()>>) {
+    std::future::poll_fn(|cx| {
+        while let Poll::Ready(Some(())) = inflight.poll_next_unpin(cx) {}
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Handles `delivery` as far as it goes now; keeps the rest in `inflight`.
+async fn take(
+    shared: &Arc<Shared>,
+    inflight: &mut FuturesUnordered<BoxFuture<'static, ()>>,
+    delivery: Delivery,
+) {
+    let mut delivery = Some(delivery);
+    let rest = std::future::poll_fn(|cx| {
+        Poll::Ready(delivery.take().and_then(|d| dispatch(shared, d, cx)))
+    })
+    .await;
+    if let Some(rest) = rest {
+        inflight.push(rest);
+    }
+}
+
+/// `fut`, bounded by `after` once it has to wait: it is polled once first,
+/// and the timer (a clock read and a timer entry) is only set up when that
+/// poll is pending. `None` when the time ran out.
+async fn within<F: Future + Unpin>(after: Option<Duration>, mut fut: F) -> Option<F::Output> {
+    if let Poll::Ready(v) = poll_now(&mut fut).await {
+        return Some(v);
+    }
+    match after {
+        Some(t) => tokio::time::timeout(t, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
 enum Attempt {
     Ok,
     Failed(String, bool),
     Panicked(String),
     TimedOut,
+}
+
+/// The first attempt of a handler, already started inline.
+enum First {
+    /// Its future is still pending.
+    Pending(BoxFuture<'static, Result<(), HandlerError>>),
+    /// It finished (or panicked) on its first poll.
+    Done(Attempt),
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -479,35 +563,70 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
-async fn attempt(shared: &Shared, route: &Route, ctx: Context) -> Attempt {
-    let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| route.handler.call(ctx))) {
-        Ok(f) => f,
-        Err(p) => return Attempt::Panicked(panic_message(&*p)),
-    };
-    let guarded = AssertUnwindSafe(fut).catch_unwind();
-    let result = match shared.handler_timeout {
-        Some(t) => match tokio::time::timeout(t, guarded).await {
-            Ok(r) => r,
-            Err(_) => return Attempt::TimedOut,
-        },
-        None => guarded.await,
-    };
+fn outcome(result: std::thread::Result<Result<(), HandlerError>>) -> Attempt {
     match result {
         Ok(Ok(())) => Attempt::Ok,
-        Ok(Err(e)) => {
-            let e: HandlerError = e;
-            Attempt::Failed(e.to_string(), e.is_permanent())
-        }
+        Ok(Err(e)) => Attempt::Failed(e.to_string(), e.is_permanent()),
         Err(p) => Attempt::Panicked(panic_message(&*p)),
     }
 }
 
-/// Runs one handler with retries. Returns `None` on success, or the
-/// failure reason and the attempts made.
-async fn run_handler(shared: &Shared, route: &Route, ctx: &Context) -> Option<(String, u32)> {
+/// Calls the handler; a panic in the call itself is a finished attempt.
+fn call(
+    route: &Route,
+    ctx: Context,
+) -> std::result::Result<BoxFuture<'static, Result<(), HandlerError>>, Attempt> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| route.handler.call(ctx)))
+        .map_err(|p| Attempt::Panicked(panic_message(&*p)))
+}
+
+/// Polls a handler future once, inline, with panics caught.
+fn poll_first(
+    fut: &mut BoxFuture<'static, Result<(), HandlerError>>,
+    cx: &mut TaskContext<'_>,
+) -> Poll<Attempt> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(r)) => Poll::Ready(outcome(Ok(r))),
+        Err(p) => Poll::Ready(Attempt::Panicked(panic_message(&*p))),
+    }
+}
+
+/// Awaits a started attempt under the handler timeout, panics caught.
+async fn finish_attempt(
+    shared: &Shared,
+    fut: BoxFuture<'static, Result<(), HandlerError>>,
+) -> Attempt {
+    match within(shared.handler_timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+        Some(r) => outcome(r),
+        None => Attempt::TimedOut,
+    }
+}
+
+async fn attempt(shared: &Shared, route: &Route, ctx: Context) -> Attempt {
+    match call(route, ctx) {
+        Ok(fut) => finish_attempt(shared, fut).await,
+        Err(a) => a,
+    }
+}
+
+/// Runs one handler with retries, attempt 1 being `first` when it was
+/// started already. Returns `None` on success, or the failure reason and
+/// the attempts made.
+async fn run_handler(
+    shared: &Shared,
+    route: &Route,
+    ctx: &Context,
+    mut first: Option<First>,
+) -> Option<(String, u32)> {
     let max = shared.retry.max_attempts.max(1);
     for n in 1..=max {
-        let (reason, retryable) = match attempt(shared, route, ctx.clone()).await {
+        let result = match first.take() {
+            Some(First::Done(a)) => a,
+            Some(First::Pending(f)) => finish_attempt(shared, f).await,
+            None => attempt(shared, route, ctx.clone()).await,
+        };
+        let (reason, retryable) = match result {
             Attempt::Ok => return None,
             Attempt::Panicked(m) => {
                 inc(&shared.stats.panics);
@@ -528,14 +647,14 @@ async fn run_handler(shared: &Shared, route: &Route, ctx: &Context) -> Option<(S
     Some(("handler-failed".to_owned(), max))
 }
 
-/// `fut` bounded by the settle timeout.
+/// `fut` bounded by the settle timeout (from its first pending poll).
 async fn settle_within(
     shared: &Shared,
     what: &str,
     fut: BoxFuture<'static, Result<()>>,
 ) -> Result<()> {
     let after = shared.settle_timeout;
-    tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
+    within(Some(after), fut).await.unwrap_or_else(|| {
         Err(Error::TimedOut {
             operation: format!("{what} on {}", shared.queue),
             after,
@@ -543,14 +662,18 @@ async fn settle_within(
     })
 }
 
-async fn settle_ack(shared: &Shared, acker: Box<dyn Acker>) {
-    match settle_within(shared, "ack", acker.ack()).await {
+fn record_ack(shared: &Shared, result: Result<()>) {
+    match result {
         Ok(()) => inc(&shared.stats.acked),
         Err(e) => {
             inc(&shared.stats.settle_errors);
             warn!(error = %e, "ack failed; the broker will redeliver");
         }
     }
+}
+
+async fn settle_ack(shared: &Shared, acker: Box<dyn Acker>) {
+    record_ack(shared, settle_within(shared, "ack", acker.ack()).await);
 }
 
 async fn dead_letter(
@@ -580,33 +703,176 @@ async fn dead_letter(
     }
 }
 
-async fn process(shared: Arc<Shared>, delivery: Delivery) {
+macro_rules! handle_span {
+    ($shared:expr, $envelope:expr, $delivery_count:expr) => {
+        // Fields are only formatted when a subscriber wants the span.
+        info_span!(
+            "bus.handle",
+            queue = %$shared.queue,
+            event_type = %$envelope.event_type(),
+            message_id = %$envelope.message_id(),
+            correlation_id = %$envelope.correlation_id(),
+            delivery_count = $delivery_count,
+        )
+    };
+}
+
+/// The inline path: handles `delivery` as far as it goes without waiting
+/// (the common case: every handler and the ack finish on their first poll)
+/// and returns the rest as a future, or `None` when it is settled. Anything
+/// unusual (duplicate filter, no handler, an unreadable message) takes the
+/// general [`process`] path.
+fn dispatch(
+    shared: &Arc<Shared>,
+    delivery: Delivery,
+    cx: &mut TaskContext<'_>,
+) -> Option<BoxFuture<'static, ()>> {
     inc(&shared.stats.delivered);
+    let routes = match &shared.dedup {
+        None => delivery
+            .message
+            .headers
+            .get(HEADER_EVENT_TYPE)
+            .and_then(|t| shared.router.routes(t)),
+        Some(_) => None,
+    };
+    let Some(routes) = routes else {
+        return Some(Box::pin(process(shared.clone(), delivery)));
+    };
+    // A first handler that parses the body checks it is JSON anyway.
+    let checked_later = routes.first().is_some_and(|r| r.parses_body);
     let Delivery {
         message,
         redelivered,
         delivery_count,
         acker,
     } = delivery;
-    let envelope = match Envelope::from_message(&message) {
-        Ok(e) => e,
-        Err(e) => {
+    let (envelope, wire) = match Envelope::read_owned(message, !checked_later) {
+        Ok(read) => read,
+        Err((_, message)) => {
+            let delivery = Delivery {
+                message,
+                redelivered,
+                delivery_count,
+                acker,
+            };
+            return Some(Box::pin(process(shared.clone(), delivery)));
+        }
+    };
+    let span = handle_span!(shared, envelope, delivery_count);
+    let _entered = span.enter();
+    let ctx = Context::new(
+        envelope,
+        shared.bus.clone(),
+        shared.queue.clone(),
+        redelivered,
+        delivery_count,
+    );
+    for (i, route) in routes.iter().enumerate() {
+        let first = match call(route, ctx.clone()) {
+            Ok(mut fut) => match poll_first(&mut fut, cx) {
+                Poll::Ready(Attempt::Ok) => continue,
+                Poll::Ready(a) => First::Done(a),
+                Poll::Pending => First::Pending(fut),
+            },
+            Err(a) => First::Done(a),
+        };
+        // The typed first handler failed at once: if the body is not JSON,
+        // its decode failed before any user code ran.
+        if i == 0
+            && checked_later
+            && matches!(first, First::Done(_))
+            && let Err(e) = validate_json(ctx.envelope().payload())
+        {
+            let shared = shared.clone();
+            let reason = format!("invalid-message: {e}");
+            let message = wire.into_message(ctx.envelope());
+            return Some(Box::pin(
+                async move { dead_letter(&shared, acker, message, &reason, "-", 0).await }
+                    .instrument(span.clone()),
+            ));
+        }
+        let rest = resume(shared.clone(), ctx, wire, acker, i, Some(first));
+        return Some(Box::pin(rest.instrument(span.clone())));
+    }
+    let mut ack = acker.ack();
+    match ack.as_mut().poll(cx) {
+        Poll::Ready(r) => {
+            record_ack(shared, r);
+            None
+        }
+        Poll::Pending => {
+            let shared = shared.clone();
+            Some(Box::pin(
+                async move { record_ack(&shared, settle_within(&shared, "ack", ack).await) }
+                    .instrument(span.clone()),
+            ))
+        }
+    }
+}
+
+/// Runs the handlers from `start` on (attempt 1 of `start` being `first`
+/// when given), then acknowledges or dead-letters.
+async fn resume(
+    shared: Arc<Shared>,
+    ctx: Context,
+    wire: Wire,
+    acker: Box<dyn Acker>,
+    start: usize,
+    mut first: Option<First>,
+) {
+    let routes = shared
+        .router
+        .routes(ctx.envelope().event_type())
+        .unwrap_or_default();
+    let mut failure: Option<(String, Vec<&str>, u32)> = None;
+    for route in routes.iter().skip(start) {
+        if let Some((reason, attempts)) = run_handler(&shared, route, &ctx, first.take()).await {
+            match &mut failure {
+                None => failure = Some((reason, vec![&*route.name], attempts)),
+                Some((_, names, a)) => {
+                    names.push(&route.name);
+                    *a = (*a).max(attempts);
+                }
+            }
+        }
+    }
+    match failure {
+        None => {
+            if let Some(dedup) = &shared.dedup
+                && let Err(e) = dedup.mark(ctx.envelope().message_id()).await
+            {
+                warn!(error = %e, "duplicate filter could not record the message id");
+            }
+            settle_ack(&shared, acker).await;
+        }
+        Some((reason, names, attempts)) => {
+            let message = wire.into_message(ctx.envelope());
+            dead_letter(&shared, acker, message, &reason, &names.join(","), attempts).await
+        }
+    }
+}
+
+/// The general path: every check, every step awaited.
+async fn process(shared: Arc<Shared>, delivery: Delivery) {
+    let Delivery {
+        message,
+        redelivered,
+        delivery_count,
+        acker,
+    } = delivery;
+    let (envelope, wire) = match Envelope::read_owned(message, true) {
+        Ok(read) => read,
+        Err((e, message)) => {
             let reason = format!("invalid-message: {e}");
             return dead_letter(&shared, acker, message, &reason, "-", 0).await;
         }
     };
-    let span = info_span!(
-        "bus.handle",
-        queue = %shared.queue,
-        event_type = %envelope.event_type(),
-        message_id = %envelope.message_id(),
-        correlation_id = %envelope.correlation_id(),
-        delivery_count,
-    );
+    let span = handle_span!(shared, envelope, delivery_count);
     handle(
         shared.clone(),
         envelope,
-        message,
+        wire,
         redelivered,
         delivery_count,
         acker,
@@ -618,7 +884,7 @@ async fn process(shared: Arc<Shared>, delivery: Delivery) {
 async fn handle(
     shared: Arc<Shared>,
     envelope: Envelope,
-    message: Message,
+    wire: Wire,
     redelivered: bool,
     delivery_count: u32,
     acker: Box<dyn Acker>,
@@ -634,7 +900,7 @@ async fn handle(
             Err(e) => warn!(error = %e, "duplicate filter unavailable; handling anyway"),
         }
     }
-    let Some(routes) = shared.router.routes(envelope.event_type()) else {
+    if shared.router.routes(envelope.event_type()).is_none() {
         return match shared.router.unknown_policy() {
             UnknownEventPolicy::AckAndWarn => {
                 warn!("no handler for event type; acknowledging (policy AckAndWarn)");
@@ -643,11 +909,11 @@ async fn handle(
             }
             _ => {
                 let reason = format!("unknown-event-type: {}", envelope.event_type());
+                let message = wire.into_message(&envelope);
                 dead_letter(&shared, acker, message, &reason, "-", 0).await
             }
         };
-    };
-    let message_id = envelope.message_id().to_owned();
+    }
     let ctx = Context::new(
         envelope,
         shared.bus.clone(),
@@ -655,31 +921,7 @@ async fn handle(
         redelivered,
         delivery_count,
     );
-    let mut failure: Option<(String, Vec<&str>, u32)> = None;
-    for route in routes {
-        if let Some((reason, attempts)) = run_handler(&shared, route, &ctx).await {
-            match &mut failure {
-                None => failure = Some((reason, vec![&*route.name], attempts)),
-                Some((_, names, a)) => {
-                    names.push(&route.name);
-                    *a = (*a).max(attempts);
-                }
-            }
-        }
-    }
-    match failure {
-        None => {
-            if let Some(dedup) = &shared.dedup
-                && let Err(e) = dedup.mark(&message_id).await
-            {
-                warn!(error = %e, "duplicate filter could not record the message id");
-            }
-            settle_ack(&shared, acker).await;
-        }
-        Some((reason, names, attempts)) => {
-            dead_letter(&shared, acker, message, &reason, &names.join(","), attempts).await
-        }
-    }
+    resume(shared, ctx, wire, acker, 0, None).await
 }
 
 #[cfg(test)]

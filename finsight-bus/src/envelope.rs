@@ -2,8 +2,9 @@
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
 use serde::{Serialize, de::DeserializeOwned};
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -73,24 +74,40 @@ pub struct Message {
 /// assert_eq!(env.decode::<OrderPlaced>()?.id, 7);
 /// # Ok::<(), finsight_bus::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Envelope {
     event_type: String,
     payload: Bytes,
     message_id: String,
     timestamp: DateTime<Utc>,
-    correlation_id: String,
+    /// `None`: the same as `message_id` (a new chain), without a second copy.
+    correlation_id: Option<String>,
     causation_id: Option<String>,
     routing_key: Option<String>,
     headers: Headers,
 }
+
+impl PartialEq for Envelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.event_type == other.event_type
+            && self.payload == other.payload
+            && self.message_id == other.message_id
+            && self.timestamp == other.timestamp
+            && self.correlation_id() == other.correlation_id()
+            && self.causation_id == other.causation_id
+            && self.routing_key == other.routing_key
+            && self.headers == other.headers
+    }
+}
+
+impl Eq for Envelope {}
 
 impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Envelope")
             .field("event_type", &self.event_type)
             .field("message_id", &self.message_id)
-            .field("correlation_id", &self.correlation_id)
+            .field("correlation_id", &self.correlation_id())
             .field("causation_id", &self.causation_id)
             .field("routing_key", &self.routing_key)
             .field("timestamp", &self.timestamp)
@@ -99,18 +116,128 @@ impl fmt::Debug for Envelope {
     }
 }
 
+/// A new UUID v4 as a hyphenated lowercase string (one exact allocation).
 fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
-/// Formats a timestamp as ISO 8601 / RFC 3339 with milliseconds and `Z`.
+/// Formats a timestamp as ISO 8601 / RFC 3339 with milliseconds and `Z`
+/// (`2024-05-01T12:30:00.123Z`), as
+/// `to_rfc3339_opts(SecondsFormat::Millis, true)` does. Years 0–9999 are
+/// written directly (one allocation, no formatting machinery; the text of
+/// the last millisecond formatted on the thread is reused); others and
+/// leap seconds go through chrono.
 pub fn format_timestamp(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    thread_local! {
+        static LAST: Cell<Option<(i64, u32, [u8; 24])>> = const { Cell::new(None) };
+    }
+    let secs = t.timestamp();
+    let nanos = t.timestamp_subsec_nanos();
+    let millis = nanos / 1_000_000;
+    let text = match LAST.try_with(Cell::get) {
+        Ok(Some((s, m, text))) if s == secs && m == millis && nanos < 1_000_000_000 => text,
+        _ => match format_millis(secs, nanos) {
+            Some(text) => {
+                let _ = LAST.try_with(|l| l.set(Some((secs, millis, text))));
+                text
+            }
+            None => return t.to_rfc3339_opts(SecondsFormat::Millis, true),
+        },
+    };
+    match std::str::from_utf8(&text) {
+        Ok(s) => s.to_owned(),
+        Err(_) => t.to_rfc3339_opts(SecondsFormat::Millis, true),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `secs` since the epoch and `nanos`;
+/// `None` outside years 0–9999 and for leap seconds.
+fn format_millis(secs: i64, nanos: u32) -> Option<[u8; 24]> {
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let year = u32::try_from(year).ok()?;
+    if year > 9999 || nanos >= 1_000_000_000 {
+        return None;
+    }
+    // In 0..86_400: the cast cannot truncate.
+    let day_secs = secs.rem_euclid(86_400) as u32;
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            if let Some(c) = b.get_mut(i) {
+                // v % 10 < 10: the cast cannot truncate.
+                *c = b'0' + (v % 10) as u8;
+            }
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, day_secs / 3600);
+    put(14, 2, day_secs / 60 % 60);
+    put(17, 2, day_secs % 60);
+    put(20, 3, nanos / 1_000_000);
+    Some(b)
+}
+
+/// (year, month, day) of the proleptic Gregorian calendar for `days` since
+/// 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    // In 1..=31 and 1..=12: the casts cannot truncate.
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The exact form [`format_timestamp`] writes (`YYYY-MM-DDTHH:MM:SS.mmmZ`),
+/// parsed without chrono's general parser; `None` for anything else.
+fn parse_millis_utc(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() != 24 {
+        return None;
+    }
+    for (i, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
+        if b.get(i) != Some(&sep) {
+            return None;
+        }
+    }
+    let num = |from: usize, to: usize| -> Option<u32> {
+        b.get(from..to)?.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let date = NaiveDate::from_ymd_opt(i32::try_from(num(0, 4)?).ok()?, num(5, 7)?, num(8, 10)?)?;
+    let time =
+        NaiveTime::from_hms_milli_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 23)?)?;
+    Some(date.and_time(time).and_utc())
 }
 
 /// Parses an ISO 8601 timestamp; a naive one (no offset, as Python's
-/// `datetime.utcnow().isoformat()` writes) is taken as UTC.
+/// `datetime.utcnow().isoformat()` writes) is taken as UTC. The form this
+/// crate writes takes a fast path.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    if let Some(t) = parse_millis_utc(s) {
+        return Some(t);
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -131,14 +258,11 @@ impl Envelope {
     /// [`Error::Payload`] when `payload` cannot be serialised.
     pub fn new<T: Serialize + ?Sized>(event_type: impl Into<String>, payload: &T) -> Result<Self> {
         let event_type = event_type.into();
-        let bytes = serde_json::to_vec(payload).map_err(|source| Error::Payload {
+        let bytes = to_json(payload).map_err(|source| Error::Payload {
             event_type: event_type.clone(),
             source,
         })?;
-        Ok(Self::from_json_bytes_unchecked(
-            event_type,
-            Bytes::from(bytes),
-        ))
+        Ok(Self::from_json_bytes_unchecked(event_type, bytes))
     }
 
     /// An envelope whose payload is already-encoded JSON.
@@ -152,13 +276,13 @@ impl Envelope {
     }
 
     fn from_json_bytes_unchecked(event_type: String, payload: Bytes) -> Self {
-        // A new chain: the correlation id starts as the message id.
-        let id = new_id();
+        // A new chain: the correlation id is the message id (`None` until
+        // either is changed).
         Self {
             event_type,
             payload,
-            correlation_id: id.clone(),
-            message_id: id,
+            correlation_id: None,
+            message_id: new_id(),
             timestamp: Utc::now(),
             causation_id: None,
             routing_key: None,
@@ -169,14 +293,16 @@ impl Envelope {
     /// Sets the message id (default: a new UUID v4).
     #[must_use]
     pub fn with_message_id(mut self, id: impl Into<String>) -> Self {
-        self.message_id = id.into();
+        let old = std::mem::replace(&mut self.message_id, id.into());
+        // The correlation id stays what it was.
+        self.correlation_id.get_or_insert(old);
         self
     }
     /// Sets the correlation id (default: a new UUID; handlers publishing
     /// through [`crate::Context`] inherit the inbound one).
     #[must_use]
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
-        self.correlation_id = id.into();
+        self.correlation_id = Some(id.into());
         self
     }
     /// Sets the causation id: the id of the message that caused this one.
@@ -220,7 +346,7 @@ impl Envelope {
     }
     /// The correlation id.
     pub fn correlation_id(&self) -> &str {
-        &self.correlation_id
+        self.correlation_id.as_deref().unwrap_or(&self.message_id)
     }
     /// The causation id, if any.
     pub fn causation_id(&self) -> Option<&str> {
@@ -270,7 +396,7 @@ impl Envelope {
         payload: &T,
     ) -> Result<Self> {
         Ok(Self::new(event_type, payload)?
-            .with_correlation_id(self.correlation_id.clone())
+            .with_correlation_id(self.correlation_id())
             .with_causation_id(self.message_id.clone()))
     }
 
@@ -278,10 +404,14 @@ impl Envelope {
     /// `event_type`, `timestamp`, `correlation_id`). Allocates the header map.
     pub fn to_message(&self, default_routing_key: impl FnOnce() -> String) -> Message {
         let mut headers = self.headers.clone();
-        headers.insert(HEADER_EVENT_TYPE.into(), self.event_type.clone());
+        // In descending key order: each insert compares with one key.
         headers.insert(HEADER_TIMESTAMP.into(), format_timestamp(&self.timestamp));
-        headers.insert(HEADER_CORRELATION_ID.into(), self.correlation_id.clone());
         headers.insert(HEADER_MESSAGE_ID.into(), self.message_id.clone());
+        headers.insert(HEADER_EVENT_TYPE.into(), self.event_type.clone());
+        headers.insert(
+            HEADER_CORRELATION_ID.into(),
+            self.correlation_id().to_owned(),
+        );
         if let Some(c) = &self.causation_id {
             headers.insert(HEADER_CAUSATION_ID.into(), c.clone());
         }
@@ -303,49 +433,45 @@ impl Envelope {
     /// [`Error::InvalidMessage`] naming what is wrong; the consumer
     /// dead-letters such messages.
     pub fn from_message(message: &Message) -> Result<Self> {
-        let h = &message.headers;
-        let event_type = h.get(HEADER_EVENT_TYPE).cloned().ok_or_else(|| {
-            Error::InvalidMessage(format!(
-                "missing `{HEADER_EVENT_TYPE}` header (routing key `{}`)",
-                message.routing_key
-            ))
-        })?;
-        validate_json(&message.body)?;
-        let timestamp = h
-            .get(HEADER_TIMESTAMP)
-            .and_then(|t| parse_timestamp(t))
-            .unwrap_or_else(Utc::now);
-        let message_id = message
-            .message_id
-            .clone()
-            .or_else(|| h.get(HEADER_MESSAGE_ID).cloned())
-            .unwrap_or_else(new_id);
-        let correlation_id = h.get(HEADER_CORRELATION_ID).cloned().unwrap_or_else(new_id);
-        let causation_id = h.get(HEADER_CAUSATION_ID).cloned();
-        // Only the extra headers are copied (usually none).
-        let reserved_present = 1
-            + usize::from(h.contains_key(HEADER_TIMESTAMP))
-            + usize::from(h.contains_key(HEADER_MESSAGE_ID))
-            + usize::from(h.contains_key(HEADER_CORRELATION_ID))
-            + usize::from(causation_id.is_some());
-        let headers = if h.len() == reserved_present {
-            Headers::new()
-        } else {
-            h.iter()
-                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+        let r = Reserved::check(&message.headers, message, true)?;
+        Ok(r.envelope(
+            &message.headers,
+            message.body.clone(),
+            message.routing_key.clone(),
+            message.message_id.clone(),
+        ))
+    }
+
+    /// [`Envelope::from_message`] taking the message: its routing key and
+    /// message id move into the envelope instead of being copied; the
+    /// returned [`Wire`] gives the identical message back. The JSON check of
+    /// the body only runs when `validate` (the consumer skips it when its
+    /// first handler parses the body anyway, and checks on that handler's
+    /// failure). On error the message is handed back.
+    // The error hands the message back; it is no larger than the success.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn read_owned(
+        message: Message,
+        validate: bool,
+    ) -> std::result::Result<(Self, Wire), (Error, Message)> {
+        let headers = message.headers.clone();
+        let r = match Reserved::check(&headers, &message, validate) {
+            Ok(r) => r,
+            Err(e) => return Err((e, message)),
         };
-        Ok(Self {
-            event_type,
-            payload: message.body.clone(),
-            message_id,
-            timestamp,
-            correlation_id,
-            causation_id,
-            routing_key: Some(message.routing_key.clone()),
+        let had_message_id = message.message_id.is_some();
+        let envelope = r.envelope(
+            &headers,
+            message.body,
+            message.routing_key,
+            message.message_id,
+        );
+        let wire = Wire {
             headers,
-        })
+            had_message_id,
+            persistent: message.persistent,
+        };
+        Ok((envelope, wire))
     }
 
     /// The CloudEvents 1.0 structured-mode JSON (`application/cloudevents+json`):
@@ -365,7 +491,7 @@ impl Envelope {
         map.insert("type".into(), self.event_type.clone().into());
         map.insert("time".into(), format_timestamp(&self.timestamp).into());
         map.insert("datacontenttype".into(), "application/json".into());
-        map.insert("correlationid".into(), self.correlation_id.clone().into());
+        map.insert("correlationid".into(), self.correlation_id().into());
         if let Some(c) = &self.causation_id {
             map.insert("causationid".into(), c.clone().into());
         }
@@ -407,7 +533,7 @@ impl Envelope {
             env.timestamp = t;
         }
         if let Some(c) = get("correlationid") {
-            env.correlation_id = c.to_owned();
+            env.correlation_id = Some(c.to_owned());
         }
         env.causation_id = get("causationid").map(str::to_owned);
         env.routing_key = get("routingkey").map(str::to_owned);
@@ -443,7 +569,140 @@ fn is_extension_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
-fn validate_json(bytes: &[u8]) -> Result<()> {
+/// The reserved headers of an inbound message, found in one pass.
+struct Reserved<'a> {
+    event_type: &'a String,
+    timestamp: Option<&'a String>,
+    message_id: Option<&'a String>,
+    correlation_id: Option<&'a String>,
+    causation_id: Option<&'a String>,
+    extra: usize,
+}
+
+impl<'a> Reserved<'a> {
+    /// Finds the reserved headers; the `event_type` header must be there,
+    /// and the body JSON when `validate`.
+    fn check(headers: &'a Headers, message: &Message, validate: bool) -> Result<Self> {
+        let mut event_type = None;
+        let mut timestamp = None;
+        let mut message_id = None;
+        let mut correlation_id = None;
+        let mut causation_id = None;
+        let mut extra = 0usize;
+        for (k, v) in headers.iter() {
+            match k.as_str() {
+                HEADER_EVENT_TYPE => event_type = Some(v),
+                HEADER_TIMESTAMP => timestamp = Some(v),
+                HEADER_MESSAGE_ID => message_id = Some(v),
+                HEADER_CORRELATION_ID => correlation_id = Some(v),
+                HEADER_CAUSATION_ID => causation_id = Some(v),
+                _ => extra += 1,
+            }
+        }
+        let event_type = event_type.ok_or_else(|| {
+            Error::InvalidMessage(format!(
+                "missing `{HEADER_EVENT_TYPE}` header (routing key `{}`)",
+                message.routing_key
+            ))
+        })?;
+        if validate {
+            validate_json(&message.body)?;
+        }
+        Ok(Self {
+            event_type,
+            timestamp,
+            message_id,
+            correlation_id,
+            causation_id,
+            extra,
+        })
+    }
+
+    /// The envelope. A missing message id or correlation id becomes a new
+    /// UUID, a missing or unparsable timestamp the time of receipt.
+    fn envelope(
+        self,
+        h: &Headers,
+        payload: Bytes,
+        routing_key: String,
+        message_id: Option<String>,
+    ) -> Envelope {
+        let timestamp = self
+            .timestamp
+            .and_then(|t| parse_timestamp(t))
+            .unwrap_or_else(Utc::now);
+        let message_id = message_id
+            .or_else(|| self.message_id.cloned())
+            .unwrap_or_else(new_id);
+        let correlation_id = Some(self.correlation_id.cloned().unwrap_or_else(new_id));
+        // Only the extra headers are copied (usually none).
+        let headers = if self.extra == 0 {
+            Headers::new()
+        } else {
+            h.iter()
+                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        Envelope {
+            event_type: self.event_type.clone(),
+            payload,
+            message_id,
+            timestamp,
+            correlation_id,
+            causation_id: self.causation_id.cloned(),
+            routing_key: Some(routing_key),
+            headers,
+        }
+    }
+}
+
+/// What [`Envelope::read_owned`] keeps of a message besides the envelope.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    headers: Arc<Headers>,
+    had_message_id: bool,
+    persistent: bool,
+}
+
+impl Wire {
+    /// The message exactly as it was delivered, given the envelope read
+    /// from it.
+    pub(crate) fn into_message(self, envelope: &Envelope) -> Message {
+        Message {
+            body: envelope.payload.clone(),
+            headers: self.headers,
+            routing_key: envelope.routing_key.clone().unwrap_or_default(),
+            message_id: self.had_message_id.then(|| envelope.message_id.clone()),
+            persistent: self.persistent,
+        }
+    }
+}
+
+/// Serialises `payload` as JSON into a per-thread buffer that is reused, and
+/// copies the result into exactly sized bytes: no growth reallocations per
+/// message. The buffer is dropped when it grew beyond 64 KiB.
+fn to_json<T: Serialize + ?Sized>(payload: &T) -> std::result::Result<Bytes, serde_json::Error> {
+    thread_local! {
+        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    let reused = BUF.try_with(|buf| {
+        // Busy when a `Serialize` impl builds an envelope itself.
+        let mut buf = buf.try_borrow_mut().ok()?;
+        buf.clear();
+        let r = serde_json::to_writer(&mut *buf, payload).map(|()| Bytes::copy_from_slice(&buf));
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+        Some(r)
+    });
+    match reused {
+        Ok(Some(r)) => r,
+        _ => serde_json::to_vec(payload).map(Bytes::from),
+    }
+}
+
+pub(crate) fn validate_json(bytes: &[u8]) -> Result<()> {
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
         .map(|_| ())
         .map_err(|e| Error::InvalidMessage(format!("body is not valid JSON: {e}")))
@@ -476,6 +735,86 @@ mod tests {
             back.timestamp().timestamp_millis(),
             env.timestamp().timestamp_millis()
         );
+    }
+
+    #[test]
+    fn fast_timestamp_paths_match_chrono() {
+        use chrono::TimeZone;
+        // xorshift: deterministic spread over years 0..=9999.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let min = Utc
+            .with_ymd_and_hms(0, 1, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let max = Utc
+            .with_ymd_and_hms(9999, 12, 31, 23, 59, 59)
+            .unwrap()
+            .timestamp_millis();
+        for i in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let span = u64::try_from(max - min).unwrap();
+            let ms = min + i64::try_from(x % span).unwrap();
+            let t = Utc.timestamp_millis_opt(ms).unwrap()
+                + chrono::Duration::nanoseconds(i64::try_from(i % 1_000_000).unwrap());
+            let s = format_timestamp(&t);
+            assert_eq!(s, t.to_rfc3339_opts(SecondsFormat::Millis, true));
+            assert_eq!(
+                parse_timestamp(&s),
+                Some(
+                    DateTime::parse_from_rfc3339(&s)
+                        .unwrap()
+                        .with_timezone(&Utc)
+                )
+            );
+        }
+        // Outside the fast paths: years past 9999 and before 0 (written as
+        // chrono writes them), a leap second (also parsed back).
+        for t in [
+            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-1, 12, 31, 23, 59, 59).unwrap(),
+        ] {
+            assert_eq!(
+                format_timestamp(&t),
+                t.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+        }
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_milli_opt(23, 59, 59, 1_500)
+            .unwrap()
+            .and_utc();
+        let s = format_timestamp(&leap);
+        assert_eq!(s, "2016-12-31T23:59:60.500Z");
+        assert_eq!(parse_timestamp(&s), Some(leap));
+        assert_eq!(
+            format_timestamp(&Utc.timestamp_millis_opt(0).unwrap()),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert!(parse_timestamp("2024-13-01T00:00:00.000Z").is_none());
+        assert!(parse_timestamp("2024-02-30T00:00:00.000Z").is_none());
+    }
+
+    #[test]
+    fn read_owned_gives_the_identical_message_back() {
+        let env = Envelope::new("order_placed", &serde_json::json!({"id": 1}))
+            .unwrap()
+            .with_header("tenant", "acme");
+        let mut msg = env.to_message(|| "order_placed.billing".into());
+        for had_id in [true, false] {
+            if !had_id {
+                msg.message_id = None;
+            }
+            let (back, wire) = Envelope::read_owned(msg.clone(), true).unwrap();
+            assert_eq!(back, Envelope::from_message(&msg).unwrap());
+            assert_eq!(wire.into_message(&back), msg);
+        }
+        msg.body = Bytes::from_static(b"{");
+        let (e, same) = Envelope::read_owned(msg.clone(), true).unwrap_err();
+        assert!(matches!(e, Error::InvalidMessage(_)));
+        assert_eq!(same, msg);
+        assert!(Envelope::read_owned(msg, false).is_ok());
     }
 
     #[test]

@@ -20,10 +20,13 @@
 //! routing key reaches (at most 1024 keys, emptied when full or when a
 //! binding is added), so a publish matches the bindings once per key.
 //!
-//! Cost: a publish takes a read lock on the broker state, one mutex per
-//! target queue and one for the route cache, and allocates nothing beyond
-//! the stored message; a delivery that finds a message ready takes the
-//! queue mutex once and allocates its acknowledgement handle.
+//! Cost: a publish takes a read lock on the broker state, the route-cache
+//! mutex and one mutex per target queue; once its routing key is cached it
+//! allocates only the boxed future the [`Transport`] trait returns (the
+//! message itself is moved in). A delivery that finds a message ready takes
+//! the queue mutex once and registers no wake-up; it copies the message's
+//! routing key and id (the broker keeps the original until the ack) and
+//! allocates its acknowledgement handle.
 
 use crate::envelope::Message;
 use crate::error::{Error, Result};

@@ -111,6 +111,9 @@ where
     }
 }
 
+/// Up to this many event types, a lookup compares names instead of hashing.
+const SCAN_UP_TO: usize = 8;
+
 /// What to do with an event type that has no handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -126,6 +129,10 @@ pub enum UnknownEventPolicy {
 pub(crate) struct Route {
     pub(crate) name: Arc<str>,
     pub(crate) handler: Arc<dyn Handler>,
+    /// Added with [`Router::on_typed`]: the handler parses the whole body
+    /// before running any user code, so it fails without side effects on a
+    /// body that is not JSON (the consumer skips its own JSON check then).
+    pub(crate) parses_body: bool,
 }
 
 /// Maps event types to handlers (several per type, run in registration order).
@@ -177,19 +184,33 @@ impl Router {
     /// dead-letter headers and spans.
     #[must_use]
     pub fn on(self, event_type: &str, handler: impl Handler) -> Self {
-        let n = self.handlers_for(event_type);
-        self.on_named(event_type, &format!("{event_type}#{n}"), handler)
+        self.add(event_type, None, handler, false)
     }
 
     /// Adds `handler` for `event_type` under `name`.
     #[must_use]
-    pub fn on_named(mut self, event_type: &str, name: &str, handler: impl Handler) -> Self {
+    pub fn on_named(self, event_type: &str, name: &str, handler: impl Handler) -> Self {
+        self.add(event_type, Some(name), handler, false)
+    }
+
+    fn add(
+        mut self,
+        event_type: &str,
+        name: Option<&str>,
+        handler: impl Handler,
+        parses_body: bool,
+    ) -> Self {
+        let name: Arc<str> = match name {
+            Some(n) => n.into(),
+            None => format!("{event_type}#{}", self.handlers_for(event_type)).into(),
+        };
         self.routes
             .entry(event_type.to_owned())
             .or_default()
             .push(Route {
-                name: name.into(),
+                name,
                 handler: Arc::new(handler),
+                parses_body,
             });
         self
     }
@@ -203,12 +224,14 @@ impl Router {
         F: Fn(Context, T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.on(
+        self.add(
             event_type,
+            None,
             Typed {
                 f,
                 _t: std::marker::PhantomData,
             },
+            true,
         )
     }
 
@@ -232,8 +255,18 @@ impl Router {
         self.routes.get(event_type).map_or(0, Vec::len)
     }
 
+    /// The handlers for `event_type`; `None` when it has none. With a few
+    /// event types, comparing names is cheaper than hashing one.
     pub(crate) fn routes(&self, event_type: &str) -> Option<&[Route]> {
-        self.routes.get(event_type).map(Vec::as_slice)
+        let found = if self.routes.len() <= SCAN_UP_TO {
+            self.routes
+                .iter()
+                .find(|(k, _)| k.as_str() == event_type)
+                .map(|(_, v)| v)
+        } else {
+            self.routes.get(event_type)
+        };
+        found.map(Vec::as_slice).filter(|r| !r.is_empty())
     }
 
     pub(crate) fn unknown_policy(&self) -> UnknownEventPolicy {
