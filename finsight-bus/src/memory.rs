@@ -493,13 +493,14 @@ impl Transport for MemoryBroker {
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok()
             {
-                return Ok(PendingConfirm::ready(PublishOutcome::Nacked));
+                return Ok(PublishOutcome::Nacked);
             }
-            self.inner
-                .route(exchange, message, options, 0)
-                .map(PendingConfirm::ready)
+            self.inner.route(exchange, message, options, 0)
         })();
-        Box::pin(std::future::ready(r))
+        match r {
+            Ok(PublishOutcome::Confirmed) => Box::pin(Confirmed),
+            r => Box::pin(std::future::ready(r.map(PendingConfirm::ready))),
+        }
     }
 
     fn subscribe<'a>(
@@ -714,16 +715,50 @@ impl MemAcker {
 
 impl Acker for MemAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(std::future::ready((*self).settle(|_, _, _| {})))
+        settled((*self).settle(|_, _, _| {}))
     }
     fn requeue(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         self.requeue_now();
-        Box::pin(std::future::ready(Ok(())))
+        settled(Ok(()))
     }
     fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
-        Box::pin(std::future::ready(
-            (*self).settle(|b, q, _| b.dead_letter(q, message)),
-        ))
+        settled((*self).settle(|b, q, _| b.dead_letter(q, message)))
+    }
+}
+
+/// The answer of a settle that is already done; a success is boxed without
+/// allocating (see [`Settled`]).
+fn settled(r: Result<()>) -> BoxFuture<'static, Result<()>> {
+    match r {
+        Ok(()) => Box::pin(Settled),
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+    }
+}
+
+/// A successful settle. Zero-sized: boxing it allocates nothing.
+struct Settled;
+
+impl std::future::Future for Settled {
+    type Output = Result<()>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A publish the broker confirmed at once. Zero-sized: boxing it allocates
+/// nothing.
+struct Confirmed;
+
+impl std::future::Future for Confirmed {
+    type Output = Result<PendingConfirm>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<PendingConfirm>> {
+        std::task::Poll::Ready(Ok(PendingConfirm::ready(PublishOutcome::Confirmed)))
     }
 }
 
