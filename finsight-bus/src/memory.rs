@@ -168,7 +168,9 @@ struct Queue {
 
 struct Stored {
     message: Message,
-    enqueued: Instant,
+    /// When the queue's TTL runs out for it (`None`: no TTL); kept when
+    /// requeued, as on RabbitMQ.
+    expires: Option<Instant>,
     delivery_count: u32,
     redelivered: bool,
 }
@@ -184,9 +186,7 @@ impl Queue {
     }
 
     fn expired(&self, s: &Stored, now: Instant) -> bool {
-        self.spec
-            .message_ttl
-            .is_some_and(|ttl| now.saturating_duration_since(s.enqueued) >= ttl)
+        s.expires.is_some_and(|at| now >= at)
     }
 
     /// Pops expired messages at the head into `out`.
@@ -422,7 +422,7 @@ impl Inner {
                         } else {
                             r.push_back(Stored {
                                 message: m,
-                                enqueued: now,
+                                expires: q.spec.message_ttl.and_then(|ttl| now.checked_add(ttl)),
                                 delivery_count,
                                 redelivered: false,
                             });
