@@ -218,8 +218,14 @@ end
 return {cost, remaining, "-1", tostring(reset_after)}
 "#;
 
+/// Operations per timed run of the plain SET and five-rule figures.
 const OPS: usize = 5_000;
+/// Rounds of the single-rule comparison; the median of their ratios is the figure.
 const ROUNDS: usize = 15;
+/// Operations per slice; a round alternates `SLICES` slices of ours with as
+/// many of the peer's (20 000 operations per side per round).
+const SLICE: usize = 2_500;
+const SLICES: usize = 8;
 const CONCURRENCY: usize = 64;
 
 /// CPU time of all this process's threads in µs (`/proc/self/task/*/schedstat`, ns precision).
@@ -238,7 +244,8 @@ fn cpu_us() -> u64 {
     ns / 1000
 }
 
-async fn rate<F, Fut>(op: F) -> f64
+/// Runs `op(0..ops)` with `CONCURRENCY` in flight; operations per second.
+async fn rate<F, Fut>(ops: usize, op: F) -> f64
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -251,7 +258,7 @@ where
         let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = w;
-            while i < OPS {
+            while i < ops {
                 op(i).await;
                 i += CONCURRENCY;
             }
@@ -260,11 +267,11 @@ where
     for t in tasks {
         t.await.unwrap();
     }
-    let r = OPS as f64 / start.elapsed().as_secs_f64();
+    let r = ops as f64 / start.elapsed().as_secs_f64();
     if std::env::var_os("FINSIGHT_RL_CPU").is_some() {
         println!(
             "  {r:.0}/s, client cpu {:.1} µs/op",
-            (cpu_us() - cpu0) as f64 / OPS as f64
+            (cpu_us() - cpu0) as f64 / ops as f64
         );
     }
     r
@@ -299,7 +306,7 @@ fn redis_throughput() {
         let (mut ours, mut peer, mut set, mut ours5, mut ratios) = (vec![], vec![], vec![], vec![], vec![]);
         let run_ours = || {
             let (l, t) = (limiter.clone(), tenants.clone());
-            rate(move |i| {
+            rate(SLICE, move |i| {
                 let (l, t) = (l.clone(), t.clone());
                 async move {
                     let d = l.check(&RequestInfo::new("GET", "/").tenant(&t[i % t.len()])).await.unwrap();
@@ -309,7 +316,7 @@ fn redis_throughput() {
         };
         let run_peer = || {
             let (c, s, k) = (conn.clone(), script.clone(), peer_keys.clone());
-            rate(move |i| {
+            rate(SLICE, move |i| {
                 let (mut c, s, k) = (c.clone(), s.clone(), k.clone());
                 async move {
                     let _: Vec<redis::Value> =
@@ -317,22 +324,34 @@ fn redis_throughput() {
                 }
             })
         };
-        // Short rounds in alternating order: the machine's load changes from
-        // second to second, so each ratio compares neighbours.
+        // One untimed slice of each first: connections, the peer's script
+        // load (NOSCRIPT on its first calls), allocator and key space warm.
+        run_ours().await;
+        run_peer().await;
+        // The machine's load changes from second to second (other builds run
+        // beside the benchmark), so ours and the peer take turns in short
+        // slices (~0.1 s), in mirrored pairs (ours-peer, peer-ours, ...), and
+        // each round's ratio compares the total times of its 2 × SLICES
+        // neighbouring slices; the median over rounds drops the outliers.
         for round in 0..ROUNDS {
-            let (a, b) = if round % 2 == 0 {
-                let a = run_ours().await;
-                (a, run_peer().await)
-            } else {
-                let b = run_peer().await;
-                (run_ours().await, b)
-            };
+            let (mut t_ours, mut t_peer) = (0.0, 0.0);
+            for slice in 0..SLICES {
+                let secs = |rate: f64| SLICE as f64 / rate;
+                if (round + slice) % 2 == 0 {
+                    t_ours += secs(run_ours().await);
+                    t_peer += secs(run_peer().await);
+                } else {
+                    t_peer += secs(run_peer().await);
+                    t_ours += secs(run_ours().await);
+                }
+            }
+            let (a, b) = ((SLICES * SLICE) as f64 / t_ours, (SLICES * SLICE) as f64 / t_peer);
             ours.push(a);
             peer.push(b);
             ratios.push(a / b);
             let (c, k) = (conn.clone(), peer_keys.clone());
             set.push(
-                rate(move |i| {
+                rate(OPS, move |i| {
                     let (mut c, k) = (c.clone(), k.clone());
                     async move {
                         let _: () = redis::cmd("SET").arg(&k[i % k.len()]).arg(i).arg("PX").arg(5000).query_async(&mut c).await.unwrap();
@@ -342,7 +361,7 @@ fn redis_throughput() {
             );
             let (l, t) = (limiter5.clone(), tenants.clone());
             ours5.push(
-                rate(move |i| {
+                rate(OPS, move |i| {
                     let (l, t) = (l.clone(), t.clone());
                     async move {
                         let name = &t[i % t.len()];
@@ -358,10 +377,13 @@ fn redis_throughput() {
                 .await,
             );
         }
+        // The spread of the per-round ratios says how noisy the run was.
+        ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (q1, q3) = (ratios[ROUNDS / 4], ratios[3 * ROUNDS / 4]);
         let ratio = median(ratios);
         let (ours, peer, set, ours5) = (median(ours), median(peer), median(set), median(ours5));
         println!(
-            "redis @{CONCURRENCY}: finsight {ours:.0}/s, GCRA Lua {peer:.0}/s (median of per-round ratios {ratio:.2}x), SET {set:.0}/s ({:.2}x), five-rule {ours5:.0}/s",
+            "redis @{CONCURRENCY}: finsight {ours:.0}/s, GCRA Lua {peer:.0}/s (median of per-round ratios {ratio:.2}x, quartiles {q1:.2}-{q3:.2}), SET {set:.0}/s ({:.2}x), five-rule {ours5:.0}/s",
             ours / set
         );
         record(

@@ -85,69 +85,91 @@ fn summary(d: &Decision) -> Vec<(bool, u64, Duration, Option<Duration>)> {
 #[tokio::test]
 async fn redis_and_memory_decide_identically_for_every_algorithm() {
     for alg in Algorithm::ALL {
-        let clock = ManualClock::new(1_750_000_000_123_456);
-        let rules = rules_for(alg);
-        let mem = Limiter::builder(rules.clone())
-            .clock(clock.clone())
-            .build()
-            .unwrap();
-        let red = redis_limiter(
-            &rules,
-            RedisConfig::new(redis_url())
-                .tag(unique("rl-same"))
-                .clock_for_tests(clock.clone())
-                .timeout(Duration::from_secs(5)),
-        )
-        .await;
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
+        same_decisions(alg, rules_for(alg)).await;
+    }
+}
+
+/// The script keeps a single rule's state in locals instead of a commit plan:
+/// the same comparison with one rule, enforcing and in shadow mode.
+#[tokio::test]
+async fn redis_and_memory_decide_identically_for_a_single_rule() {
+    for alg in Algorithm::ALL {
+        let one = |shadow| {
+            RuleSet::new(vec![
+                Rule::new("one", Scope::User, alg, 3, Duration::from_secs(2))
+                    .burst(1)
+                    .shadow(shadow),
+            ])
         };
-        let (mut allowed, mut rejected) = (0, 0);
-        for step in 0..300 {
-            let r = next();
-            clock.advance_micros(match r % 5 {
-                0 | 1 => 0,
-                2 => r % 50_000,
-                3 => r % 400_000,
-                _ => r % 2_500_000,
-            });
-            let user = ["a", "b"][(r >> 20) as usize % 2];
-            let cost = 1 + (r >> 30) % 2;
-            let req = RequestInfo::new("GET", "/").user(user).cost(cost);
-            let (m, d) = match (r >> 40) % 10 {
-                0 => (mem.peek(&req).await.unwrap(), red.peek(&req).await.unwrap()),
-                1 => {
-                    mem.refund(&req).await.unwrap();
-                    red.refund(&req).await.unwrap();
-                    (mem.peek(&req).await.unwrap(), red.peek(&req).await.unwrap())
-                }
-                _ => (
-                    mem.check(&req).await.unwrap(),
-                    red.check(&req).await.unwrap(),
-                ),
-            };
-            assert!(!d.fallback);
-            assert_eq!(m.outcome, d.outcome, "{alg:?} step {step}");
-            if d.is_allowed() {
+        same_decisions(alg, one(false)).await;
+        same_decisions(alg, one(true)).await;
+    }
+}
+
+async fn same_decisions(alg: Algorithm, rules: RuleSet) {
+    let clock = ManualClock::new(1_750_000_000_123_456);
+    let mem = Limiter::builder(rules.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let red = redis_limiter(
+        &rules,
+        RedisConfig::new(redis_url())
+            .tag(unique("rl-same"))
+            .clock_for_tests(clock.clone())
+            .timeout(Duration::from_secs(5)),
+    )
+    .await;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut allowed, mut rejected) = (0, 0);
+    for step in 0..300 {
+        let r = next();
+        clock.advance_micros(match r % 5 {
+            0 | 1 => 0,
+            2 => r % 50_000,
+            3 => r % 400_000,
+            _ => r % 2_500_000,
+        });
+        let user = ["a", "b"][(r >> 20) as usize % 2];
+        let cost = 1 + (r >> 30) % 2;
+        let req = RequestInfo::new("GET", "/").user(user).cost(cost);
+        let (m, d) = match (r >> 40) % 10 {
+            0 => (mem.peek(&req).await.unwrap(), red.peek(&req).await.unwrap()),
+            1 => {
+                mem.refund(&req).await.unwrap();
+                red.refund(&req).await.unwrap();
+                (mem.peek(&req).await.unwrap(), red.peek(&req).await.unwrap())
+            }
+            _ => (
+                mem.check(&req).await.unwrap(),
+                red.check(&req).await.unwrap(),
+            ),
+        };
+        assert!(!d.fallback);
+        assert_eq!(m.outcome, d.outcome, "{alg:?} step {step}");
+        for r in &d.rules {
+            if r.allowed {
                 allowed += 1
             } else {
                 rejected += 1
             }
-            assert_eq!(
-                summary(&m),
-                summary(&d),
-                "{alg:?} step {step}: memory vs redis"
-            );
         }
-        assert!(
-            allowed > 30 && rejected > 30,
-            "{alg:?}: both outcomes exercised ({allowed}/{rejected})"
+        assert_eq!(
+            summary(&m),
+            summary(&d),
+            "{alg:?} step {step}: memory vs redis"
         );
     }
+    assert!(
+        allowed > 30 && rejected > 30,
+        "{alg:?}: both verdicts exercised ({allowed}/{rejected})"
+    );
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::algorithm::Verdict;
+use crate::algorithm::{Algorithm, Policy, Verdict};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::limiter::{Item, Op};
@@ -147,7 +147,9 @@ impl RedisConfig {
 
     /// Uses `clock` instead of the Redis server's `TIME`. For deterministic
     /// tests only: in production every instance must use the server's clock
-    /// (the default), or skewed instances over-admit.
+    /// (the default), or skewed instances over-admit. Redis still expires
+    /// keys by its own clock, so with a test clock keys live at least a
+    /// minute (decisions are the same; expiry only frees memory).
     pub fn clock_for_tests(mut self, clock: impl Clock) -> Self {
         self.clock = Some(Arc::new(clock));
         self
@@ -171,6 +173,17 @@ impl fmt::Debug for RedisBackend {
         f.debug_struct("RedisBackend")
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
+    }
+}
+
+/// The one period the script needs of a policy: the emission interval for
+/// the buckets and GCRA, the window for the window algorithms.
+fn span_us(p: &Policy) -> u64 {
+    match p.algorithm {
+        Algorithm::TokenBucket | Algorithm::LeakyBucket | Algorithm::Gcra => p.interval_us,
+        Algorithm::FixedWindow | Algorithm::SlidingWindowLog | Algorithm::SlidingWindowCounter => {
+            p.window_us
+        }
     }
 }
 
@@ -250,9 +263,67 @@ impl RedisBackend {
             .max(1)
     }
 
-    /// The Redis key of `item`.
-    pub(crate) fn key(&self, item: &Item<'_>) -> String {
-        format!("{{{}}}:{}:{}", self.cfg.tag, item.rule.id, item.key)
+    /// Appends the Redis key of `item`, `{tag}:<rule id>:<16 hex chars>`, to `out`.
+    fn write_key(&self, out: &mut Vec<u8>, item: &Item<'_>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        out.push(b'{');
+        out.extend_from_slice(self.cfg.tag.as_bytes());
+        out.extend_from_slice(b"}:");
+        out.extend_from_slice(item.rule.id.as_bytes());
+        out.push(b':');
+        let k = item.key.0;
+        out.extend((0..16).rev().map(|i| HEX[((k >> (4 * i)) & 0xf) as usize]));
+    }
+
+    /// The `EVALSHA` of one check (arguments as described at the head of
+    /// `script.lua`): one command buffer, no per-argument allocation, and
+    /// as few arguments as the script needs, as Redis pays for each one.
+    fn command(&self, items: &[Item<'_>], op: Op) -> redis::Cmd {
+        let mut cmd = redis::Cmd::with_capacity(4 + 5 * items.len(), 64 + 96 * items.len());
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(items.len());
+        let mut key = Vec::with_capacity(self.cfg.tag.len() + 48);
+        for it in items {
+            key.clear();
+            self.write_key(&mut key, it);
+            cmd.arg(&key[..]);
+        }
+        for it in items {
+            let code = b'0' + it.policy.algorithm.code();
+            let kind: &[u8] = if it.rule.rule.shadow {
+                &[code, b's']
+            } else {
+                &[code]
+            };
+            cmd.arg(kind)
+                .arg(it.policy.capacity)
+                .arg(span_us(&it.policy))
+                .arg(it.cost);
+        }
+        match &self.cfg.clock {
+            Some(c) => {
+                cmd.arg(op.code()).arg(c.now_micros());
+            }
+            None if op != Op::Consume => {
+                cmd.arg(op.code());
+            }
+            None => {}
+        }
+        cmd
+    }
+
+    /// Runs `cmd`; on `NOSCRIPT` (the server's script cache was flushed)
+    /// loads the script and runs it once more.
+    async fn call(&self, cmd: &redis::Cmd) -> redis::RedisResult<Vec<i64>> {
+        let mut conn = self.conn.clone();
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.script.load_async(&mut conn).await?;
+                cmd.query_async(&mut conn).await
+            }
+            res => res,
+        }
     }
 
     /// One round trip deciding all `items`.
@@ -263,21 +334,7 @@ impl RedisBackend {
                 source: "redis marked down after a recent failure".into(),
             });
         }
-        let mut inv = self.script.prepare_invoke();
-        inv.arg(op.code());
-        match &self.cfg.clock {
-            Some(c) => inv.arg(c.now_micros()),
-            None => inv.arg(""),
-        };
-        for it in items {
-            inv.key(self.key(it));
-            inv.arg(it.policy.algorithm.code())
-                .arg(it.policy.capacity)
-                .arg(it.policy.window_us)
-                .arg(it.policy.interval_us)
-                .arg(it.cost)
-                .arg(u8::from(it.rule.rule.shadow));
-        }
+        let cmd = self.command(items, op);
         let permit = match &self.cfg.guard {
             None => None,
             Some(guard) => match guard.admit() {
@@ -292,9 +349,8 @@ impl RedisBackend {
                 }
             },
         };
-        let mut conn = self.conn.clone();
         let res: Result<Vec<i64>> =
-            match tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await {
+            match tokio::time::timeout(self.cfg.timeout, self.call(&cmd)).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(backend_err(e)),
                 Err(_) => Err(Error::Timeout(self.cfg.timeout)),
@@ -314,7 +370,7 @@ impl RedisBackend {
         if op == Op::Refund {
             return Ok(Vec::new());
         }
-        if raw.len() != 1 + 4 * items.len() {
+        if raw.len() != 4 * items.len() {
             return Err(Error::Backend {
                 source: format!(
                     "unexpected script reply of {} values for {} rules",
@@ -325,7 +381,7 @@ impl RedisBackend {
             });
         }
         let u = |x: i64| u64::try_from(x).unwrap_or(0);
-        Ok(raw[1..]
+        Ok(raw
             .chunks_exact(4)
             .map(|c| Verdict {
                 allowed: c[0] == 1,
