@@ -224,6 +224,10 @@ impl Topology {
 
     /// [`Topology::require_queue`] on a transport's declared topology, which
     /// is `None` before the first declare.
+    #[cfg_attr(
+        not(any(feature = "rabbitmq", feature = "redis-streams")),
+        allow(dead_code)
+    )]
     pub(crate) fn require_declared_queue(
         declared: Option<&Self>,
         name: &str,
