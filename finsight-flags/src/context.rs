@@ -55,6 +55,10 @@ fn nullable_map<'de, D: serde::Deserializer<'de>>(
     Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
+/// Up to this many custom attributes, a rule finds its attribute by
+/// comparing names rather than hashing.
+const SCAN_ATTRIBUTES: usize = 8;
+
 /// The unit a bucket is computed for (SPEC §1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Unit<'a> {
@@ -155,7 +159,17 @@ impl EvaluationContext {
             RuleType::UserSegment => &self.user_segment,
             RuleType::DeviceType => &self.device_type,
             RuleType::CustomAttribute => {
-                return match self.custom_attributes.get(name?)? {
+                let name = name?;
+                // A context has a handful of custom attributes: comparing
+                // their names is cheaper than SipHash (the map's hasher).
+                let value = if self.custom_attributes.len() <= SCAN_ATTRIBUTES {
+                    self.custom_attributes
+                        .iter()
+                        .find_map(|(k, v)| (k == name).then_some(v))
+                } else {
+                    self.custom_attributes.get(name)
+                };
+                return match value? {
                     Value::Null => None,
                     Value::String(s) => Some(Cow::Borrowed(s)),
                     Value::Bool(true) => Some(Cow::Borrowed("True")),
@@ -166,5 +180,30 @@ impl EvaluationContext {
             }
         };
         field.as_deref().map(Cow::Borrowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_attributes_are_found_by_scan_and_by_hash() {
+        for n in [0, 1, SCAN_ATTRIBUTES, SCAN_ATTRIBUTES + 1, 40] {
+            let mut ctx = EvaluationContext::new();
+            for i in 0..n {
+                ctx = ctx.custom_attribute(format!("attr{i}"), i);
+            }
+            for i in 0..n {
+                let got = ctx.attribute(RuleType::CustomAttribute, Some(&format!("attr{i}")));
+                assert_eq!(
+                    got.as_deref(),
+                    Some(i.to_string().as_str()),
+                    "{n} attributes"
+                );
+            }
+            assert_eq!(ctx.attribute(RuleType::CustomAttribute, Some("attr")), None);
+            assert_eq!(ctx.attribute(RuleType::CustomAttribute, None), None);
+        }
     }
 }

@@ -1,14 +1,29 @@
-//! Loading, validating and compiling a set of flags.
+//! A loaded, validated and compiled set of flags.
+//!
+//! What evaluation reads is kept in a compact compiled form: one
+//! [`CompiledFlag`] per flag (its scalars, the key as an `Arc<str>`), and the
+//! rules, rule values, regexes, variants and prerequisites of every flag in
+//! one shared [`Pool`] that flags address by [`Span`], with the
+//! informational fields (`id`, `name`, `description`, `tags`, ...). Loading
+//! 1,000 flags therefore allocates about once per flag (its key) instead of
+//! once per string. The [`FlagDefinition`] of a flag read from JSON text is
+//! only built when asked for ([`FlagSet::get`], [`FlagSet::definitions`]),
+//! from the compiled flag. Validation and compilation live in `compile.rs`,
+//! the JSON fast path in `load.rs`.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use regex::{Regex, RegexBuilder};
+use regex::Regex;
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
+use crate::compile::Loader;
 use crate::error::{Error, FlagError};
-use crate::model::{FlagDefinition, FlagType, Operator, RuleType, TargetingRule};
+use crate::model::{FlagDefinition, FlagStatus, FlagType, Operator, RuleType, TargetingRule};
 
 /// Compiled size limit of one regex pattern (bytes of compiled program).
 pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -16,14 +31,30 @@ pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// An immutable, validated set of flags, ready to evaluate.
 ///
 /// Building one validates every definition (SPEC §1.1 "bad input"), compiles
-/// regexes once, resolves prerequisites and rejects cycles. A bad flag is
-/// left out and reported in [`LoadReport::errors`]; the good ones load.
-/// Evaluation reads a set through an [`FlagEngine`](crate::FlagEngine),
-/// which swaps whole sets atomically.
-#[derive(Debug, Default)]
+/// regexes once (identical patterns are compiled once per load), resolves
+/// prerequisites and rejects cycles. A bad flag is left out and reported in
+/// [`LoadReport::errors`]; the good ones load. Evaluation reads a set
+/// through an [`FlagEngine`](crate::FlagEngine), which swaps whole sets
+/// atomically.
+///
+/// Memory: the compiled flags (their strings once each, in one buffer),
+/// plus each [`FlagDefinition`] that [`FlagSet::get`] was asked for.
+#[derive(Default)]
 pub struct FlagSet {
     flags: Vec<CompiledFlag>,
-    index: HashMap<Box<str>, usize, quick_cache::DefaultHashBuilder>,
+    index: HashMap<Arc<str>, usize, quick_cache::DefaultHashBuilder>,
+    pool: Pool,
+}
+
+impl fmt::Debug for FlagSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlagSet")
+            .field(
+                "flags",
+                &self.flags.iter().map(|f| &*f.key).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The result of loading flags: the good set plus one error per rejected flag.
@@ -40,7 +71,7 @@ impl LoadReport {
     /// Puts back the previous definition of every rejected flag that was in
     /// `previous` (the errors stay reported).
     fn keeping(self, previous: &FlagSet) -> LoadReport {
-        let mut defs: Vec<FlagDefinition> = self.set.flags.into_iter().map(|f| f.def).collect();
+        let mut defs: Vec<FlagDefinition> = self.set.definitions().cloned().collect();
         for e in &self.errors {
             if !defs.iter().any(|d| d.key == e.key)
                 && let Some(old) = previous.get(&e.key)
@@ -69,24 +100,235 @@ impl LoadReport {
     }
 }
 
+/// A range of a [`Pool`] vector (or of its text), in 32 bits to keep
+/// compiled flags small. A pool longer than `u32::MAX` is refused at load
+/// ([`Pool::too_large`]), so no span is ever cut short.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    pub(crate) fn new(start: usize, end: usize) -> Self {
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            start: at(start),
+            end: at(end),
+        }
+    }
+
+    pub(crate) const fn is_empty(self) -> bool {
+        self.end <= self.start
+    }
+
+    pub(crate) const fn len(self) -> usize {
+        self.end.saturating_sub(self.start) as usize
+    }
+
+    pub(crate) fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+fn slice<T>(v: &[T], s: Span) -> &[T] {
+    v.get(s.range()).unwrap_or(&[])
+}
+
+/// The storage every flag of a set shares: rule values and other strings,
+/// rules, regexes, parsed operands, variants, prerequisites.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    /// Every string, back to back; [`Pool::strs`] and spans elsewhere point in.
+    pub(crate) text: String,
+    /// Spans of `text`: rule values, tenant restrictions, tier requirements,
+    /// tags.
+    pub(crate) strs: Vec<Span>,
+    pub(crate) rules: Vec<CompiledRule>,
+    pub(crate) regexes: Vec<Regex>,
+    pub(crate) numbers: Vec<f64>,
+    pub(crate) times: Vec<i64>,
+    pub(crate) versions: Vec<semver::Version>,
+    pub(crate) variants: Vec<CompiledVariant>,
+    /// Prerequisite keys (spans of `text`).
+    pub(crate) prereq_names: Vec<Span>,
+    /// The flag index of each entry of `prereq_names`, once resolved.
+    pub(crate) prereqs: Vec<usize>,
+}
+
+/// Lengths of a [`Pool`]'s vectors, to undo what a rejected flag added.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark([usize; 9]);
+
+impl Pool {
+    pub(crate) fn mark(&self) -> Mark {
+        Mark([
+            self.text.len(),
+            self.strs.len(),
+            self.rules.len(),
+            self.regexes.len(),
+            self.numbers.len(),
+            self.times.len(),
+            self.versions.len(),
+            self.variants.len(),
+            self.prereq_names.len(),
+        ])
+    }
+
+    /// Whether a vector outgrew what a [`Span`] can address.
+    pub(crate) fn too_large(&self) -> bool {
+        self.mark().0.iter().any(|&n| u32::try_from(n).is_err())
+    }
+
+    pub(crate) fn rollback(&mut self, m: Mark) {
+        let [
+            text,
+            strs,
+            rules,
+            regexes,
+            numbers,
+            times,
+            versions,
+            variants,
+            prereqs,
+        ] = m.0;
+        self.text.truncate(text);
+        self.strs.truncate(strs);
+        self.rules.truncate(rules);
+        self.regexes.truncate(regexes);
+        self.numbers.truncate(numbers);
+        self.times.truncate(times);
+        self.versions.truncate(versions);
+        self.variants.truncate(variants);
+        self.prereq_names.truncate(prereqs);
+    }
+
+    /// Appends `s` to the text; its span there.
+    pub(crate) fn push_text(&mut self, s: &str) -> Span {
+        let start = self.text.len();
+        self.text.push_str(s);
+        Span::new(start, self.text.len())
+    }
+
+    /// Appends strings; their span in `strs`.
+    pub(crate) fn push_strs<'s>(&mut self, it: impl IntoIterator<Item = &'s str>) -> Span {
+        let start = self.strs.len();
+        for s in it {
+            let t = self.push_text(s);
+            self.strs.push(t);
+        }
+        Span::new(start, self.strs.len())
+    }
+
+    /// A string of the text.
+    pub(crate) fn text(&self, s: Span) -> &str {
+        self.text.get(s.range()).unwrap_or("")
+    }
+
+    /// The bytes of a string of the text.
+    #[inline]
+    pub(crate) fn bytes(&self, s: Span) -> &[u8] {
+        self.text.as_bytes().get(s.range()).unwrap_or(&[])
+    }
+
+    /// Whether one of the strings of a `strs` span is `v`.
+    #[inline]
+    fn any_equal(&self, s: Span, v: &[u8]) -> bool {
+        slice(&self.strs, s)
+            .iter()
+            .any(|&t| t.len() == v.len() && same(self.bytes(t), v))
+    }
+
+    /// The strings of a `strs` span.
+    pub(crate) fn strs(&self, s: Span) -> impl ExactSizeIterator<Item = &str> + '_ {
+        slice(&self.strs, s).iter().map(|&t| self.text(t))
+    }
+
+    pub(crate) fn rules(&self, s: Span) -> &[CompiledRule] {
+        slice(&self.rules, s)
+    }
+
+    pub(crate) fn variants(&self, s: Span) -> &[CompiledVariant] {
+        slice(&self.variants, s)
+    }
+
+    pub(crate) fn prereqs(&self, s: Span) -> &[usize] {
+        slice(&self.prereqs, s)
+    }
+}
+
+/// One flag as evaluation reads it. Its rules, variants, prerequisites and
+/// lists are spans of the set's [`Pool`].
 #[derive(Debug)]
 pub(crate) struct CompiledFlag {
-    pub(crate) def: FlagDefinition,
     pub(crate) key: Arc<str>,
+    pub(crate) default_value: Value,
+    pub(crate) environment_overrides: BTreeMap<String, Value>,
     pub(crate) expires_at_ms: Option<i64>,
-    pub(crate) rules: Vec<CompiledRule>,
-    pub(crate) variant_ids: Vec<Arc<str>>,
     pub(crate) total_weight: f64,
-    pub(crate) prerequisites: Vec<usize>,
+    /// Into `Pool::rules`.
+    pub(crate) rules: Span,
+    /// Into `Pool::variants`.
+    pub(crate) variants: Span,
+    /// Into `Pool::prereq_names` / `Pool::prereqs`.
+    pub(crate) prerequisites: Span,
+    /// Into `Pool::strs`.
+    pub(crate) tenant_restrictions: Span,
+    /// Into `Pool::strs`.
+    pub(crate) subscription_tier_requirements: Span,
+    /// The fields evaluation does not read, for [`FlagSet::get`].
+    pub(crate) info: Info,
+    pub(crate) flag_type: FlagType,
+    pub(crate) status: FlagStatus,
     pub(crate) rollout: u8,
+    pub(crate) rollout_percentage: i64,
+    pub(crate) kill_switch: bool,
+    pub(crate) sticky_bucketing: bool,
+    pub(crate) track_exposure: bool,
+    /// The definition: given ([`FlagSet::from_definitions`]) or built on
+    /// first request from the compiled flag.
+    pub(crate) def: OnceLock<Box<FlagDefinition>>,
+}
+
+/// The fields of a definition evaluation does not read (spans of
+/// `Pool::text`, `tags` of `Pool::strs`), kept to rebuild it exactly.
+#[derive(Debug)]
+pub(crate) struct Info {
+    pub(crate) id: Span,
+    pub(crate) name: Span,
+    pub(crate) description: Span,
+    pub(crate) owner: Option<Span>,
+    pub(crate) created_at: Option<Span>,
+    pub(crate) updated_at: Option<Span>,
+    /// As written (also when empty, which means no expiry).
+    pub(crate) expires_at: Option<Span>,
+    pub(crate) tags: Span,
+    pub(crate) track_events: bool,
+}
+
+/// One variant of a multivariate flag.
+#[derive(Debug)]
+pub(crate) struct CompiledVariant {
+    pub(crate) id: Arc<str>,
+    pub(crate) value: Value,
+    pub(crate) weight: f64,
+    /// Into `Pool::text`.
+    pub(crate) name: Span,
+    /// Into `Pool::text`.
+    pub(crate) description: Span,
+    pub(crate) is_control: bool,
 }
 
 #[derive(Debug)]
 pub(crate) struct CompiledRule {
     pub(crate) rule_type: RuleType,
     pub(crate) operator: Operator,
-    pub(crate) attribute: Option<String>,
+    /// Its own allocation rather than a span of `Pool::text`: read on every
+    /// evaluation of a `custom_attribute` rule, without `str` boundary checks.
+    pub(crate) attribute: Option<Box<str>>,
     pub(crate) percentage: Option<u8>,
+    /// The values as written (into `Pool::strs`), for a rebuilt definition.
+    pub(crate) values: Span,
     pub(crate) matcher: Matcher,
 }
 
@@ -112,48 +354,97 @@ impl Cmp {
     }
 }
 
-#[derive(Debug)]
+/// How a rule compares; each span points into the pool vector of its kind
+/// (`strs`, `regexes`, `numbers`, `versions`, `times`).
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Matcher {
-    AnyEqual(Vec<String>),
-    NoneEqual(Vec<String>),
-    Contains(Vec<String>),
-    StartsWith(Vec<String>),
-    EndsWith(Vec<String>),
-    Regex(Vec<Regex>),
-    Number(Cmp, Vec<f64>),
-    Semver(Cmp, Vec<semver::Version>),
-    Date(Cmp, Vec<i64>),
+    AnyEqual(Span),
+    NoneEqual(Span),
+    Contains(Span),
+    StartsWith(Span),
+    EndsWith(Span),
+    Regex(Span),
+    Number(Cmp, Span),
+    Semver(Cmp, Span),
+    Date(Cmp, Span),
 }
 
 impl Matcher {
     /// Whether a present context value matches.
-    pub(crate) fn matches(&self, v: &str) -> bool {
-        match self {
-            Self::AnyEqual(vals) => vals.iter().any(|x| x == v),
-            Self::NoneEqual(vals) => !vals.iter().any(|x| x == v),
-            Self::Contains(vals) => vals.iter().any(|x| v.contains(x.as_str())),
-            Self::StartsWith(vals) => vals.iter().any(|x| v.starts_with(x.as_str())),
-            Self::EndsWith(vals) => vals.iter().any(|x| v.ends_with(x.as_str())),
-            Self::Regex(res) => res.iter().any(|r| r.is_match(v)),
-            Self::Number(cmp, vals) => match v.trim().parse::<f64>() {
-                Ok(n) if !n.is_nan() => vals
+    pub(crate) fn matches(&self, pool: &Pool, v: &str) -> bool {
+        match *self {
+            // Bytes, not `str`s: the same comparisons for UTF-8 text, without
+            // char-boundary checks on the pool's spans (the hot path).
+            Self::AnyEqual(s) => pool.any_equal(s, v.as_bytes()),
+            Self::NoneEqual(s) => !pool.any_equal(s, v.as_bytes()),
+            Self::Contains(s) => pool.strs(s).any(|x| v.contains(x)),
+            Self::StartsWith(s) => {
+                let v = v.as_bytes();
+                slice(&pool.strs, s)
+                    .iter()
+                    .any(|&t| v.get(..t.len()).is_some_and(|h| same(h, pool.bytes(t))))
+            }
+            Self::EndsWith(s) => {
+                let v = v.as_bytes();
+                slice(&pool.strs, s).iter().any(|&t| {
+                    v.len()
+                        .checked_sub(t.len())
+                        .and_then(|at| v.get(at..))
+                        .is_some_and(|tail| same(tail, pool.bytes(t)))
+                })
+            }
+            Self::Regex(s) => slice(&pool.regexes, s).iter().any(|r| r.is_match(v)),
+            Self::Number(cmp, s) => match v.trim().parse::<f64>() {
+                Ok(n) if !n.is_nan() => slice(&pool.numbers, s)
                     .iter()
                     .any(|x| n.partial_cmp(x).is_some_and(|o| cmp.holds(o))),
                 _ => false,
             },
-            Self::Semver(cmp, vals) => match parse_semver(v) {
-                Some(ver) => vals.iter().any(|x| cmp.holds(ver.cmp_precedence(x))),
+            Self::Semver(cmp, s) => match parse_semver(v) {
+                Some(ver) => slice(&pool.versions, s)
+                    .iter()
+                    .any(|x| cmp.holds(ver.cmp_precedence(x))),
                 None => false,
             },
-            Self::Date(cmp, vals) => match parse_time(v) {
-                Some(t) => vals.iter().any(|x| cmp.holds(t.cmp(x))),
+            Self::Date(cmp, s) => match parse_time(v) {
+                Some(t) => slice(&pool.times, s).iter().any(|x| cmp.holds(t.cmp(x))),
                 None => false,
             },
         }
     }
 }
 
-fn parse_semver(s: &str) -> Option<semver::Version> {
+/// `a == b`, inline for short slices (rule values and field names are
+/// short: a call to `memcmp` costs more than comparing them).
+#[inline]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = b.len();
+    if a.len() != n {
+        return false;
+    }
+    if n < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    if n > 64 {
+        return a == b;
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_ne_bytes)
+    };
+    let mut at = 0;
+    while at + 8 < n {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last (possibly overlapping) eight bytes.
+    word(a, n - 8) == word(b, n - 8)
+}
+
+pub(crate) fn parse_semver(s: &str) -> Option<semver::Version> {
     let s = s.trim();
     semver::Version::parse(s.strip_prefix('v').unwrap_or(s)).ok()
 }
@@ -203,10 +494,16 @@ impl FlagSet {
     /// definitions, or an object with a `flags` array (other fields ignored,
     /// so a conformance file loads as is).
     ///
-    /// Each flag is deserialized on its own, so a malformed flag (wrong type
-    /// in a field, unknown operator) is reported with its key and field path
-    /// and the others still load. Costs one pass over the text plus one
-    /// deserialization and validation per flag.
+    /// A malformed flag (wrong type in a field, unknown operator) is
+    /// reported with its key and field path and the others still load.
+    ///
+    /// Cost: one pass over the text that reads and validates each flag
+    /// straight into the compiled set, about one allocation per flag and one
+    /// regex compilation per distinct pattern; no [`FlagDefinition`] is
+    /// built until [`FlagSet::get`] asks for it. A document with a malformed
+    /// flag, or an unusual one (a surrogate `\u` escape, deep nesting),
+    /// takes a second, slower pass that deserializes each flag as a
+    /// [`FlagDefinition`] and names the bad field.
     ///
     /// # Errors
     /// [`Error::Document`] when the text is not JSON or has neither shape;
@@ -214,8 +511,9 @@ impl FlagSet {
     pub fn from_json(json: &str) -> Result<LoadReport, Error> {
         // Fast path: one pass when every flag deserializes; otherwise split the
         // document and deserialize each flag on its own to name the bad ones.
-        if let Some(defs) = parse_all(json) {
-            return Ok(Self::from_definitions(defs));
+        let mut loader = Loader::default();
+        if crate::load::load_document(json, &mut loader).is_some() {
+            return Ok(loader.finish());
         }
         let raws = split_document(json)?;
         Ok(Self::from_raw(raws.iter().map(|r| r.get()), None))
@@ -255,47 +553,11 @@ impl FlagSet {
     /// Validates and compiles definitions (see the type docs for what is
     /// checked). Never fails as a whole: rejected flags are in the report.
     pub fn from_definitions(defs: impl IntoIterator<Item = FlagDefinition>) -> LoadReport {
-        let mut errors = Vec::new();
-        let mut accepted: Vec<CompiledFlag> = Vec::new();
-        let mut seen: HashMap<String, ()> = HashMap::new();
+        let mut loader = Loader::default();
         for (i, def) in defs.into_iter().enumerate() {
-            if def.key.is_empty() {
-                errors.push(FlagError::new(
-                    format!("#{i}"),
-                    "key",
-                    "the flag has no key; every flag needs a non-empty `key`",
-                ));
-                continue;
-            }
-            if seen.insert(def.key.clone(), ()).is_some() {
-                errors.push(FlagError::new(
-                    def.key.clone(),
-                    "key",
-                    "duplicate flag key; the first definition was kept",
-                ));
-                continue;
-            }
-            match compile(def) {
-                Ok(flag) => accepted.push(flag),
-                Err(mut errs) => errors.append(&mut errs),
-            }
+            loader.add_definition(i, def);
         }
-        let flags = resolve_prerequisites(accepted, &mut errors);
-        let index = flags
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (Box::from(f.def.key.as_str()), i))
-            .collect();
-        if !errors.is_empty() {
-            tracing::warn!(
-                rejected = errors.len(),
-                "finsight-flags: some flags were rejected at load"
-            );
-        }
-        LoadReport {
-            set: FlagSet { flags, index },
-            errors,
-        }
+        loader.finish()
     }
 
     /// Like [`FlagSet::from_json`], but a flag rejected now that was good in
@@ -305,16 +567,24 @@ impl FlagSet {
     /// # Errors
     /// [`Error::Document`] as [`FlagSet::from_json`]; the caller keeps `previous`.
     pub fn from_json_keeping(json: &str, previous: &FlagSet) -> Result<LoadReport, Error> {
-        let raws = split_document(json)?;
-        Ok(Self::from_raw(raws.iter().map(|r| r.get()), Some(previous)))
+        let report = Self::from_json(json)?;
+        Ok(if report.errors.is_empty() {
+            report
+        } else {
+            report.keeping(previous)
+        })
     }
 
-    /// The definition of `key`, if loaded. A hash lookup, no allocation.
+    /// The definition of `key`, if loaded: a hash lookup. For a set read
+    /// from JSON text, the first request for a flag's definition builds it
+    /// from the compiled flag (it allocates the definition's strings and
+    /// values); later requests return the same definition without
+    /// allocating.
     pub fn get(&self, key: &str) -> Option<&FlagDefinition> {
-        self.compiled(key).map(|f| &f.def)
+        self.compiled(key).map(|f| self.definition(f))
     }
 
-    /// Whether `key` is loaded.
+    /// Whether `key` is loaded. A hash lookup, no allocation.
     pub fn contains(&self, key: &str) -> bool {
         self.index.contains_key(key)
     }
@@ -329,32 +599,102 @@ impl FlagSet {
         self.flags.is_empty()
     }
 
-    /// The definitions, in load order.
-    pub fn definitions(&self) -> impl Iterator<Item = &FlagDefinition> + '_ {
-        self.flags.iter().map(|f| &f.def)
+    /// The keys, in load order. No allocation.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.flags.iter().map(|f| &*f.key)
     }
 
+    /// The definitions, in load order (each built on first request, as
+    /// [`FlagSet::get`] says).
+    pub fn definitions(&self) -> impl ExactSizeIterator<Item = &FlagDefinition> + '_ {
+        self.flags.iter().map(|f| self.definition(f))
+    }
+
+    #[inline]
     pub(crate) fn compiled(&self, key: &str) -> Option<&CompiledFlag> {
         self.index.get(key).and_then(|&i| self.flags.get(i))
     }
 
+    #[inline]
     pub(crate) fn by_index(&self, i: usize) -> Option<&CompiledFlag> {
         self.flags.get(i)
     }
-}
 
-#[derive(Deserialize)]
-struct WrappedDefs {
-    flags: Vec<FlagDefinition>,
-}
+    pub(crate) fn compiled_flags(&self) -> &[CompiledFlag] {
+        &self.flags
+    }
 
-fn parse_all(json: &str) -> Option<Vec<FlagDefinition>> {
-    match json.trim_start().as_bytes().first() {
-        Some(b'[') => serde_json::from_str::<Vec<FlagDefinition>>(json).ok(),
-        Some(b'{') => serde_json::from_str::<WrappedDefs>(json)
-            .ok()
-            .map(|w| w.flags),
-        _ => None,
+    #[inline]
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub(crate) fn from_parts(
+        flags: Vec<CompiledFlag>,
+        index: HashMap<Arc<str>, usize, quick_cache::DefaultHashBuilder>,
+        pool: Pool,
+    ) -> Self {
+        Self { flags, index, pool }
+    }
+
+    fn definition<'s>(&'s self, f: &'s CompiledFlag) -> &'s FlagDefinition {
+        f.def.get_or_init(|| Box::new(self.build_definition(f)))
+    }
+
+    /// The definition `f` was compiled from: every field is kept in the
+    /// compiled flag or its pool (rule values as their text, a rule's
+    /// `percentage` after its range check), so this is exact.
+    fn build_definition(&self, f: &CompiledFlag) -> FlagDefinition {
+        let pool = &self.pool;
+        let text = |s: Span| pool.text(s).to_owned();
+        let strs = |s: Span| pool.strs(s).map(str::to_owned).collect::<Vec<_>>();
+        let info = &f.info;
+        let mut def = FlagDefinition::new(&*f.key, f.flag_type);
+        def.id = text(info.id);
+        def.name = text(info.name);
+        def.description = text(info.description);
+        def.owner = info.owner.map(text);
+        def.created_at = info.created_at.map(text);
+        def.updated_at = info.updated_at.map(text);
+        def.expires_at = info.expires_at.map(text);
+        def.tags = strs(info.tags);
+        def.track_events = info.track_events;
+        def.status = f.status;
+        def.default_value = f.default_value.clone();
+        def.rollout_percentage = f.rollout_percentage;
+        def.kill_switch = f.kill_switch;
+        def.sticky_bucketing = f.sticky_bucketing;
+        def.track_exposure = f.track_exposure;
+        def.environment_overrides = f.environment_overrides.clone();
+        def.tenant_restrictions = strs(f.tenant_restrictions);
+        def.subscription_tier_requirements = strs(f.subscription_tier_requirements);
+        def.prerequisites = slice(&pool.prereq_names, f.prerequisites)
+            .iter()
+            .map(|&s| text(s))
+            .collect();
+        def.variants = pool
+            .variants(f.variants)
+            .iter()
+            .map(|v| crate::model::Variant {
+                id: v.id.to_string(),
+                name: text(v.name),
+                description: text(v.description),
+                value: v.value.clone(),
+                weight: v.weight,
+                is_control: v.is_control,
+            })
+            .collect();
+        def.targeting_rules = pool
+            .rules(f.rules)
+            .iter()
+            .map(|r| {
+                let mut out = TargetingRule::new(r.rule_type, r.operator, pool.strs(r.values));
+                out.attribute = r.attribute.as_deref().map(str::to_owned);
+                out.percentage = r.percentage.map(i64::from);
+                out
+            })
+            .collect();
+        def
     }
 }
 
@@ -396,331 +736,4 @@ fn parse_one(raw: &str) -> Result<FlagDefinition, ParseFailure> {
             Err((key, field, e.into_inner().to_string()))
         }
     }
-}
-
-fn compile(def: FlagDefinition) -> Result<CompiledFlag, Vec<FlagError>> {
-    let mut errs = Vec::new();
-    let err = |field: String, msg: String| FlagError::new(def.key.clone(), field, msg);
-
-    let rollout = match u8::try_from(def.rollout_percentage) {
-        Ok(r) if r <= 100 => r,
-        _ => {
-            errs.push(err(
-                "rollout_percentage".into(),
-                format!("{} is outside 0..=100", def.rollout_percentage),
-            ));
-            0
-        }
-    };
-
-    let expires_at_ms = match def.expires_at.as_deref() {
-        None | Some("") => None,
-        Some(s) => match parse_time(s) {
-            Some(t) => Some(t),
-            None => {
-                errs.push(err(
-                    "expires_at".into(),
-                    format!("`{s}` is not an RFC 3339 time (e.g. 2026-06-01T00:00:00Z)"),
-                ));
-                None
-            }
-        },
-    };
-
-    let mut total_weight = 0.0;
-    let mut variant_ids: Vec<Arc<str>> = Vec::with_capacity(def.variants.len());
-    for (i, v) in def.variants.iter().enumerate() {
-        if !(v.weight.is_finite() && (0.0..=100.0).contains(&v.weight)) {
-            errs.push(err(
-                format!("variants[{i}].weight"),
-                format!("{} is outside 0..=100", v.weight),
-            ));
-        }
-        if v.id.is_empty() {
-            errs.push(err(
-                format!("variants[{i}].id"),
-                "a variant needs a non-empty id".into(),
-            ));
-        } else if variant_ids.iter().any(|x| **x == *v.id) {
-            errs.push(err(
-                format!("variants[{i}].id"),
-                format!("duplicate variant id `{}`", v.id),
-            ));
-        }
-        total_weight += v.weight;
-        variant_ids.push(Arc::from(v.id.as_str()));
-    }
-
-    let mut rules = Vec::with_capacity(def.targeting_rules.len());
-    for (i, r) in def.targeting_rules.iter().enumerate() {
-        match compile_rule(r) {
-            Ok(c) => rules.push(c),
-            Err((field, msg)) => errs.push(err(format!("targeting_rules[{i}].{field}"), msg)),
-        }
-    }
-
-    if def.flag_type == FlagType::Multivariate && def.variants.is_empty() {
-        tracing::debug!(flag = %def.key, "multivariate flag without variants serves no_variants_defined");
-    }
-
-    if !errs.is_empty() {
-        return Err(errs);
-    }
-    Ok(CompiledFlag {
-        key: Arc::from(def.key.as_str()),
-        expires_at_ms,
-        rules,
-        variant_ids,
-        total_weight,
-        prerequisites: Vec::new(),
-        rollout,
-        def,
-    })
-}
-
-fn compile_rule(r: &TargetingRule) -> Result<CompiledRule, (String, String)> {
-    if r.rule_type == RuleType::CustomAttribute && r.attribute.as_deref().unwrap_or("").is_empty() {
-        return Err((
-            "attribute".into(),
-            "a custom_attribute rule needs `attribute` (the custom attribute's name)".into(),
-        ));
-    }
-    let percentage = match r.percentage {
-        None => None,
-        Some(p) => match u8::try_from(p) {
-            Ok(p) if p <= 100 => Some(p),
-            _ => return Err(("percentage".into(), format!("{p} is outside 0..=100"))),
-        },
-    };
-    let vals = || r.values.clone();
-    let parse_all = |what: &str, f: &dyn Fn(&str) -> bool| -> Result<(), (String, String)> {
-        for (j, v) in r.values.iter().enumerate() {
-            if !f(v) {
-                return Err((format!("values[{j}]"), format!("`{v}` is not a {what}")));
-            }
-        }
-        Ok(())
-    };
-    let cmp = |op: Operator| match op {
-        Operator::Lt | Operator::SemverLt | Operator::Before => Cmp::Lt,
-        Operator::Lte | Operator::SemverLte => Cmp::Lte,
-        Operator::Gt | Operator::SemverGt | Operator::After => Cmp::Gt,
-        Operator::Gte | Operator::SemverGte => Cmp::Gte,
-        _ => Cmp::Eq,
-    };
-    let matcher = match r.operator {
-        Operator::Equals | Operator::In => Matcher::AnyEqual(vals()),
-        Operator::NotEquals | Operator::NotIn => Matcher::NoneEqual(vals()),
-        Operator::Contains => Matcher::Contains(vals()),
-        Operator::StartsWith => Matcher::StartsWith(vals()),
-        Operator::EndsWith => Matcher::EndsWith(vals()),
-        Operator::RegexMatch => {
-            let mut res = Vec::with_capacity(r.values.len());
-            for (j, p) in r.values.iter().enumerate() {
-                res.push(compile_regex(p).map_err(|m| (format!("values[{j}]"), m))?);
-            }
-            Matcher::Regex(res)
-        }
-        op @ (Operator::Lt | Operator::Lte | Operator::Gt | Operator::Gte) => {
-            parse_all("number", &|v| {
-                v.trim().parse::<f64>().is_ok_and(|n| !n.is_nan())
-            })?;
-            Matcher::Number(
-                cmp(op),
-                r.values
-                    .iter()
-                    .filter_map(|v| v.trim().parse().ok())
-                    .collect(),
-            )
-        }
-        op @ (Operator::SemverEq
-        | Operator::SemverLt
-        | Operator::SemverLte
-        | Operator::SemverGt
-        | Operator::SemverGte) => {
-            parse_all("semantic version (e.g. 1.2.3)", &|v| {
-                parse_semver(v).is_some()
-            })?;
-            Matcher::Semver(
-                cmp(op),
-                r.values.iter().filter_map(|v| parse_semver(v)).collect(),
-            )
-        }
-        op @ (Operator::Before | Operator::After) => {
-            parse_all("RFC 3339 time or YYYY-MM-DD date", &|v| {
-                parse_time(v).is_some()
-            })?;
-            Matcher::Date(
-                cmp(op),
-                r.values.iter().filter_map(|v| parse_time(v)).collect(),
-            )
-        }
-    };
-    Ok(CompiledRule {
-        rule_type: r.rule_type,
-        operator: r.operator,
-        attribute: r.attribute.clone(),
-        percentage,
-        matcher,
-    })
-}
-
-/// Compiles a pattern with Python `re.match` semantics: anchored at the start
-/// only.
-fn compile_regex(pattern: &str) -> Result<Regex, String> {
-    RegexBuilder::new(&format!("^(?:{pattern})"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| {
-            let unsupported = ["(?=", "(?!", "(?<=", "(?<!", "(?P=", "(?>"]
-                .iter()
-                .any(|s| pattern.contains(s))
-                || has_backreference(pattern);
-            match e {
-                regex::Error::CompiledTooBig(limit) => {
-                    format!("pattern `{pattern}` compiles to more than {limit} bytes; simplify it")
-                }
-                _ if unsupported => format!(
-                    "pattern `{pattern}` uses look-around or backreferences, which Rust's regex \
-                     engine cannot express (it guarantees linear-time matching); rewrite it \
-                     without them: {e}"
-                ),
-                _ => format!("pattern `{pattern}` is not a valid regular expression: {e}"),
-            }
-        })
-}
-
-fn has_backreference(p: &str) -> bool {
-    let b = p.as_bytes();
-    b.windows(2)
-        .any(|w| w[0] == b'\\' && w[1].is_ascii_digit() && w[1] != b'0')
-}
-
-fn resolve_prerequisites(
-    mut flags: Vec<CompiledFlag>,
-    errors: &mut Vec<FlagError>,
-) -> Vec<CompiledFlag> {
-    if flags.iter().all(|f| f.def.prerequisites.is_empty()) {
-        return flags;
-    }
-    // Drop flags whose prerequisites are missing (or were rejected), until stable.
-    loop {
-        let keys: HashMap<&str, ()> = flags.iter().map(|f| (f.def.key.as_str(), ())).collect();
-        let mut bad: Vec<(usize, String)> = Vec::new();
-        for (i, f) in flags.iter().enumerate() {
-            if let Some((j, p)) = f
-                .def
-                .prerequisites
-                .iter()
-                .enumerate()
-                .find(|(_, p)| !keys.contains_key(p.as_str()) || *p == &f.def.key)
-            {
-                let msg = if *p == f.def.key {
-                    format!("prerequisite cycle: `{p}` requires itself")
-                } else {
-                    format!("prerequisite `{p}` names no loaded flag (missing or rejected)")
-                };
-                bad.push((i, format!("{j}\u{0}{msg}")));
-            }
-        }
-        if bad.is_empty() {
-            break;
-        }
-        for (i, m) in bad.iter().rev() {
-            let f = flags.remove(*i);
-            let (j, msg) = m.split_once('\u{0}').unwrap_or(("0", m));
-            errors.push(FlagError::new(
-                f.def.key,
-                format!("prerequisites[{j}]"),
-                msg,
-            ));
-        }
-    }
-    // Cycles: iterative DFS with colours.
-    let index: HashMap<String, usize> = flags
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.def.key.clone(), i))
-        .collect();
-    let edges: Vec<Vec<usize>> = flags
-        .iter()
-        .map(|f| {
-            f.def
-                .prerequisites
-                .iter()
-                .filter_map(|p| index.get(p).copied())
-                .collect()
-        })
-        .collect();
-    let n = flags.len();
-    let mut in_cycle = vec![false; n];
-    let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
-    for start in 0..n {
-        if state[start] != 0 {
-            continue;
-        }
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
-        state[start] = 1;
-        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            if let Some(&m) = edges[node].get(*next) {
-                *next += 1;
-                match state[m] {
-                    0 => {
-                        state[m] = 1;
-                        stack.push((m, 0));
-                    }
-                    1 => {
-                        // Every node on the stack from m to the top is in the cycle.
-                        let from = stack.iter().position(|(x, _)| *x == m).unwrap_or(0);
-                        for (x, _) in &stack[from..] {
-                            in_cycle[*x] = true;
-                        }
-                    }
-                    _ => {}
-                }
-            } else {
-                state[node] = 2;
-                stack.pop();
-            }
-        }
-    }
-    if in_cycle.iter().any(|c| *c) {
-        let cyclic: Vec<String> = (0..n)
-            .filter(|&i| in_cycle[i])
-            .map(|i| flags[i].def.key.clone())
-            .collect();
-        for (i, f) in flags.iter().enumerate() {
-            if in_cycle[i] {
-                errors.push(FlagError::new(
-                    f.def.key.clone(),
-                    "prerequisites",
-                    format!("prerequisite cycle among {}", cyclic.join(", ")),
-                ));
-            }
-        }
-        let kept: Vec<FlagDefinition> = flags
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !in_cycle[*i])
-            .map(|(_, f)| f.def)
-            .collect();
-        // Re-run on the rest: flags that needed a cyclic flag are now missing a prerequisite.
-        let mut rest = Vec::with_capacity(kept.len());
-        for d in kept {
-            if let Ok(f) = compile(d) {
-                rest.push(f);
-            }
-        }
-        return resolve_prerequisites(rest, errors);
-    }
-    for f in flags.iter_mut() {
-        f.prerequisites = f
-            .def
-            .prerequisites
-            .iter()
-            .filter_map(|p| index.get(p).copied())
-            .collect();
-    }
-    flags
 }

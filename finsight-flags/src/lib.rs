@@ -83,11 +83,13 @@
 
 mod bucket;
 mod clock;
+mod compile;
 mod context;
 mod error;
 mod eval;
 mod exposure;
 mod flagset;
+mod load;
 mod memo;
 mod model;
 #[cfg(feature = "openfeature")]

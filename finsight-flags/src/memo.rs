@@ -27,6 +27,7 @@ impl PartialEq for MemoKey {
 impl Eq for MemoKey {}
 
 impl Hash for MemoKey {
+    #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
         (
             Arc::as_ptr(&self.flag).cast::<u8>() as usize,
@@ -43,7 +44,10 @@ struct MemoRef<'a> {
     id: &'a str,
 }
 
+// The hot path of a warm evaluation: `#[inline]` so it is inlined into the
+// cache lookup whatever codegen unit each lands in.
 impl Hash for MemoRef<'_> {
+    #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
         (
             Arc::as_ptr(self.flag).cast::<u8>() as usize,
@@ -55,6 +59,7 @@ impl Hash for MemoRef<'_> {
 }
 
 impl Equivalent<MemoKey> for MemoRef<'_> {
+    #[inline]
     fn equivalent(&self, key: &MemoKey) -> bool {
         self.tenant == key.tenant && Arc::ptr_eq(self.flag, &key.flag) && self.id == &*key.id
     }

@@ -1,0 +1,679 @@
+//! Validation and compilation of flag definitions into a [`FlagSet`].
+//!
+//! Both ways in share this code: the JSON fast path (`load.rs`) fills a
+//! [`RawFlag`] that borrows from the document, [`FlagSet::from_definitions`]
+//! fills one that borrows from a [`FlagDefinition`]; [`Loader::add`]
+//! validates it and compiles it into the set's [`Pool`].
+
+use regex::{Regex, RegexBuilder};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use crate::error::FlagError;
+use crate::flagset::{
+    Cmp, CompiledFlag, CompiledRule, CompiledVariant, FlagSet, Info, LoadReport, Matcher, Pool,
+    REGEX_SIZE_LIMIT, Span, parse_semver, parse_time,
+};
+use crate::model::{FlagDefinition, FlagStatus, FlagType, Operator, RuleType};
+
+/// One flag definition as read, before validation: every field of a
+/// [`FlagDefinition`], with strings borrowed where possible. Its vectors are
+/// reused from one flag to the next ([`RawFlag::clear`]).
+#[derive(Debug, Default)]
+pub(crate) struct RawFlag<'a> {
+    pub(crate) id: Cow<'a, str>,
+    pub(crate) key: Cow<'a, str>,
+    pub(crate) name: Cow<'a, str>,
+    pub(crate) description: Cow<'a, str>,
+    pub(crate) owner: Option<Cow<'a, str>>,
+    pub(crate) created_at: Option<Cow<'a, str>>,
+    pub(crate) updated_at: Option<Cow<'a, str>>,
+    pub(crate) track_events: bool,
+    pub(crate) flag_type: FlagType,
+    pub(crate) status: FlagStatus,
+    pub(crate) default_value: Value,
+    pub(crate) rollout_percentage: i64,
+    pub(crate) sticky_bucketing: bool,
+    pub(crate) kill_switch: bool,
+    pub(crate) track_exposure: bool,
+    pub(crate) environment_overrides: BTreeMap<String, Value>,
+    pub(crate) expires_at: Option<Cow<'a, str>>,
+    /// Rule values, prerequisites, tenant restrictions, tier requirements,
+    /// tags.
+    pub(crate) strs: Vec<Cow<'a, str>>,
+    pub(crate) rules: Vec<RawRule<'a>>,
+    pub(crate) variants: Vec<RawVariant<'a>>,
+    /// Into `strs`.
+    pub(crate) prerequisites: Range<usize>,
+    /// Into `strs`.
+    pub(crate) tenant_restrictions: Range<usize>,
+    /// Into `strs`.
+    pub(crate) subscription_tier_requirements: Range<usize>,
+    /// Into `strs`.
+    pub(crate) tags: Range<usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawRule<'a> {
+    pub(crate) rule_type: RuleType,
+    pub(crate) operator: Operator,
+    /// Into `RawFlag::strs`.
+    pub(crate) values: Range<usize>,
+    pub(crate) attribute: Option<Cow<'a, str>>,
+    pub(crate) percentage: Option<i64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RawVariant<'a> {
+    pub(crate) id: Cow<'a, str>,
+    pub(crate) name: Cow<'a, str>,
+    pub(crate) description: Cow<'a, str>,
+    pub(crate) value: Value,
+    pub(crate) weight: f64,
+    pub(crate) is_control: bool,
+}
+
+impl<'a> RawFlag<'a> {
+    /// Back to the state of a definition with every field missing, keeping
+    /// the vectors' capacity.
+    pub(crate) fn clear(&mut self) {
+        self.id = Cow::Borrowed("");
+        self.key = Cow::Borrowed("");
+        self.name = Cow::Borrowed("");
+        self.description = Cow::Borrowed("");
+        self.owner = None;
+        self.created_at = None;
+        self.updated_at = None;
+        self.track_events = false;
+        self.flag_type = FlagType::default();
+        self.status = FlagStatus::default();
+        self.default_value = Value::Null;
+        self.rollout_percentage = 0;
+        self.sticky_bucketing = false;
+        self.kill_switch = false;
+        self.track_exposure = false;
+        self.environment_overrides.clear();
+        self.expires_at = None;
+        self.strs.clear();
+        self.rules.clear();
+        self.variants.clear();
+        self.prerequisites = 0..0;
+        self.tenant_restrictions = 0..0;
+        self.subscription_tier_requirements = 0..0;
+        self.tags = 0..0;
+    }
+
+    /// Appends strings to `strs`; their range there.
+    fn push_strs(&mut self, it: &'a [String]) -> Range<usize> {
+        let start = self.strs.len();
+        self.strs
+            .extend(it.iter().map(|s| Cow::Borrowed(s.as_str())));
+        start..self.strs.len()
+    }
+
+    /// The fields of `def` evaluation needs, borrowed.
+    fn from_definition(def: &'a FlagDefinition) -> Self {
+        let mut raw = RawFlag {
+            id: Cow::Borrowed(&def.id),
+            key: Cow::Borrowed(&def.key),
+            name: Cow::Borrowed(&def.name),
+            description: Cow::Borrowed(&def.description),
+            owner: def.owner.as_deref().map(Cow::Borrowed),
+            created_at: def.created_at.as_deref().map(Cow::Borrowed),
+            updated_at: def.updated_at.as_deref().map(Cow::Borrowed),
+            track_events: def.track_events,
+            flag_type: def.flag_type,
+            status: def.status,
+            default_value: def.default_value.clone(),
+            rollout_percentage: def.rollout_percentage,
+            sticky_bucketing: def.sticky_bucketing,
+            kill_switch: def.kill_switch,
+            track_exposure: def.track_exposure,
+            environment_overrides: def.environment_overrides.clone(),
+            expires_at: def.expires_at.as_deref().map(Cow::Borrowed),
+            ..RawFlag::default()
+        };
+        for r in &def.targeting_rules {
+            let values = raw.push_strs(&r.values);
+            raw.rules.push(RawRule {
+                rule_type: r.rule_type,
+                operator: r.operator,
+                values,
+                attribute: r.attribute.as_deref().map(Cow::Borrowed),
+                percentage: r.percentage,
+            });
+        }
+        raw.variants = def
+            .variants
+            .iter()
+            .map(|v| RawVariant {
+                id: Cow::Borrowed(&v.id),
+                name: Cow::Borrowed(&v.name),
+                description: Cow::Borrowed(&v.description),
+                value: v.value.clone(),
+                weight: v.weight,
+                is_control: v.is_control,
+            })
+            .collect();
+        raw.prerequisites = raw.push_strs(&def.prerequisites);
+        raw.tenant_restrictions = raw.push_strs(&def.tenant_restrictions);
+        raw.subscription_tier_requirements = raw.push_strs(&def.subscription_tier_requirements);
+        raw.tags = raw.push_strs(&def.tags);
+        raw
+    }
+}
+
+/// Builds a [`FlagSet`] one flag at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Loader {
+    flags: Vec<CompiledFlag>,
+    index: HashMap<Arc<str>, usize, quick_cache::DefaultHashBuilder>,
+    pool: Pool,
+    errors: Vec<FlagError>,
+    /// Keys of rejected flags: a later flag with the same key is a duplicate.
+    claimed: HashSet<Box<str>>,
+    /// Each distinct pattern is compiled once per load.
+    regexes: HashMap<Box<str>, Result<Regex, String>>,
+}
+
+type FieldError = (String, String);
+
+impl Loader {
+    /// Validates and compiles the flag at position `element` of the input.
+    /// A rejected flag leaves nothing behind but its errors.
+    pub(crate) fn add(&mut self, element: usize, raw: &mut RawFlag<'_>) -> bool {
+        if raw.key.is_empty() {
+            self.errors.push(FlagError::new(
+                format!("#{element}"),
+                "key",
+                "the flag has no key; every flag needs a non-empty `key`",
+            ));
+            return false;
+        }
+        if self.index.contains_key(&*raw.key)
+            || (!self.claimed.is_empty() && self.claimed.contains(&*raw.key))
+        {
+            self.errors.push(FlagError::new(
+                &*raw.key,
+                "key",
+                "duplicate flag key; the first definition was kept",
+            ));
+            return false;
+        }
+        let mark = self.pool.mark();
+        match self.compile(raw) {
+            Ok(_) if self.pool.too_large() => {
+                self.pool.rollback(mark);
+                self.errors.push(FlagError::new(
+                    &*raw.key,
+                    "(flag)",
+                    "the flag set holds more than 4 GiB of strings; split it",
+                ));
+                false
+            }
+            Ok(flag) => {
+                self.index.insert(flag.key.clone(), self.flags.len());
+                self.flags.push(flag);
+                true
+            }
+            Err(mut errs) => {
+                self.pool.rollback(mark);
+                self.claimed.insert(Box::from(&*raw.key));
+                self.errors.append(&mut errs);
+                false
+            }
+        }
+    }
+
+    /// Makes room for about `more` flags like the ones added so far. The
+    /// estimate may come from a single flag, so it is bounded: at most 1,024
+    /// flags, 8 rules, strings or variants and 256 bytes of text per flag
+    /// (beyond that the vectors grow as usual).
+    pub(crate) fn reserve(&mut self, more: usize) {
+        let more = more.min(1024);
+        let n = self.flags.len();
+        if n == 0 {
+            return;
+        }
+        let per = |total: usize, cap: usize| (total / n).min(cap) * more;
+        self.flags.reserve(more);
+        self.index.reserve(more);
+        let pool = &mut self.pool;
+        pool.text.reserve(per(pool.text.len(), 256));
+        pool.strs.reserve(per(pool.strs.len(), 8));
+        pool.rules.reserve(per(pool.rules.len(), 8));
+        pool.variants.reserve(per(pool.variants.len(), 8));
+        pool.prereq_names.reserve(per(pool.prereq_names.len(), 8));
+    }
+
+    /// [`Loader::add`] for a definition given as a value; the set keeps it.
+    pub(crate) fn add_definition(&mut self, element: usize, def: FlagDefinition) {
+        let added = self.add(element, &mut RawFlag::from_definition(&def));
+        if added && let Some(f) = self.flags.last_mut() {
+            let _ = f.def.set(Box::new(def));
+        }
+    }
+
+    /// Resolves prerequisites (dropping flags whose prerequisites are
+    /// missing, rejected or cyclic) and returns the set.
+    pub(crate) fn finish(mut self) -> LoadReport {
+        self.resolve_prerequisites();
+        if !self.errors.is_empty() {
+            tracing::warn!(
+                rejected = self.errors.len(),
+                "finsight-flags: some flags were rejected at load"
+            );
+        }
+        LoadReport {
+            set: FlagSet::from_parts(self.flags, self.index, self.pool),
+            errors: self.errors,
+        }
+    }
+
+    fn compile(&mut self, raw: &mut RawFlag<'_>) -> Result<CompiledFlag, Vec<FlagError>> {
+        let key: &str = &raw.key;
+        let mut errs = Vec::new();
+        let err = |field: String, msg: String| FlagError::new(key, field, msg);
+
+        let rollout = match u8::try_from(raw.rollout_percentage) {
+            Ok(r) if r <= 100 => r,
+            _ => {
+                errs.push(err(
+                    "rollout_percentage".into(),
+                    format!("{} is outside 0..=100", raw.rollout_percentage),
+                ));
+                0
+            }
+        };
+
+        let expires_at_ms = match raw.expires_at.as_deref() {
+            None | Some("") => None,
+            Some(s) => match parse_time(s) {
+                Some(t) => Some(t),
+                None => {
+                    errs.push(err(
+                        "expires_at".into(),
+                        format!("`{s}` is not an RFC 3339 time (e.g. 2026-06-01T00:00:00Z)"),
+                    ));
+                    None
+                }
+            },
+        };
+
+        let mut total_weight = 0.0;
+        let variants_start = self.pool.variants.len();
+        for (i, v) in raw.variants.iter_mut().enumerate() {
+            if !(v.weight.is_finite() && (0.0..=100.0).contains(&v.weight)) {
+                errs.push(err(
+                    format!("variants[{i}].weight"),
+                    format!("{} is outside 0..=100", v.weight),
+                ));
+            }
+            if v.id.is_empty() {
+                errs.push(err(
+                    format!("variants[{i}].id"),
+                    "a variant needs a non-empty id".into(),
+                ));
+            } else if self
+                .pool
+                .variants
+                .get(variants_start..)
+                .is_some_and(|earlier| earlier.iter().any(|x| *x.id == *v.id))
+            {
+                errs.push(err(
+                    format!("variants[{i}].id"),
+                    format!("duplicate variant id `{}`", v.id),
+                ));
+            }
+            total_weight += v.weight;
+            let name = self.pool.push_text(&v.name);
+            let description = self.pool.push_text(&v.description);
+            self.pool.variants.push(CompiledVariant {
+                id: Arc::from(&*v.id),
+                value: std::mem::take(&mut v.value),
+                weight: v.weight,
+                name,
+                description,
+                is_control: v.is_control,
+            });
+        }
+        let variants = Span::new(variants_start, self.pool.variants.len());
+
+        let rules_start = self.pool.rules.len();
+        for (i, r) in raw.rules.iter().enumerate() {
+            let values = raw.strs.get(r.values.clone()).unwrap_or(&[]);
+            match self.compile_rule(r, values) {
+                Ok(c) => self.pool.rules.push(c),
+                Err((field, msg)) => errs.push(err(format!("targeting_rules[{i}].{field}"), msg)),
+            }
+        }
+        let rules = Span::new(rules_start, self.pool.rules.len());
+
+        if raw.flag_type == FlagType::Multivariate && raw.variants.is_empty() {
+            tracing::debug!(flag = %key, "multivariate flag without variants serves no_variants_defined");
+        }
+
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let strs = |r: &Range<usize>| raw.strs.get(r.clone()).unwrap_or(&[]);
+        let prereq_start = self.pool.prereq_names.len();
+        for p in strs(&raw.prerequisites) {
+            let s = self.pool.push_text(p);
+            self.pool.prereq_names.push(s);
+        }
+        let prerequisites = Span::new(prereq_start, self.pool.prereq_names.len());
+        let tenant_restrictions = self
+            .pool
+            .push_strs(strs(&raw.tenant_restrictions).iter().map(|s| &**s));
+        let subscription_tier_requirements = self.pool.push_strs(
+            strs(&raw.subscription_tier_requirements)
+                .iter()
+                .map(|s| &**s),
+        );
+        let pool = &mut self.pool;
+        let info = Info {
+            id: pool.push_text(&raw.id),
+            name: pool.push_text(&raw.name),
+            description: pool.push_text(&raw.description),
+            owner: raw.owner.as_deref().map(|s| pool.push_text(s)),
+            created_at: raw.created_at.as_deref().map(|s| pool.push_text(s)),
+            updated_at: raw.updated_at.as_deref().map(|s| pool.push_text(s)),
+            expires_at: raw.expires_at.as_deref().map(|s| pool.push_text(s)),
+            tags: pool.push_strs(strs(&raw.tags).iter().map(|s| &**s)),
+            track_events: raw.track_events,
+        };
+        Ok(CompiledFlag {
+            key: Arc::from(key),
+            default_value: std::mem::take(&mut raw.default_value),
+            environment_overrides: std::mem::take(&mut raw.environment_overrides),
+            expires_at_ms,
+            total_weight,
+            rules,
+            variants,
+            prerequisites,
+            tenant_restrictions,
+            subscription_tier_requirements,
+            info,
+            flag_type: raw.flag_type,
+            status: raw.status,
+            rollout,
+            rollout_percentage: raw.rollout_percentage,
+            kill_switch: raw.kill_switch,
+            sticky_bucketing: raw.sticky_bucketing,
+            track_exposure: raw.track_exposure,
+            def: OnceLock::new(),
+        })
+    }
+
+    fn compile_rule(
+        &mut self,
+        r: &RawRule<'_>,
+        values: &[Cow<'_, str>],
+    ) -> Result<CompiledRule, FieldError> {
+        if r.rule_type == RuleType::CustomAttribute
+            && r.attribute.as_deref().unwrap_or("").is_empty()
+        {
+            return Err((
+                "attribute".into(),
+                "a custom_attribute rule needs `attribute` (the custom attribute's name)".into(),
+            ));
+        }
+        let percentage = match r.percentage {
+            None => None,
+            Some(p) => match u8::try_from(p) {
+                Ok(p) if p <= 100 => Some(p),
+                _ => return Err(("percentage".into(), format!("{p} is outside 0..=100"))),
+            },
+        };
+        let check_all = |what: &str, f: &dyn Fn(&str) -> bool| -> Result<(), FieldError> {
+            for (j, v) in values.iter().enumerate() {
+                if !f(v) {
+                    return Err((format!("values[{j}]"), format!("`{v}` is not a {what}")));
+                }
+            }
+            Ok(())
+        };
+        let cmp = |op: Operator| match op {
+            Operator::Lt | Operator::SemverLt | Operator::Before => Cmp::Lt,
+            Operator::Lte | Operator::SemverLte => Cmp::Lte,
+            Operator::Gt | Operator::SemverGt | Operator::After => Cmp::Gt,
+            Operator::Gte | Operator::SemverGte => Cmp::Gte,
+            _ => Cmp::Eq,
+        };
+        let pool = &mut self.pool;
+        let texts = pool.push_strs(values.iter().map(|v| &**v));
+        let matcher = match r.operator {
+            Operator::Equals | Operator::In => Matcher::AnyEqual(texts),
+            Operator::NotEquals | Operator::NotIn => Matcher::NoneEqual(texts),
+            Operator::Contains => Matcher::Contains(texts),
+            Operator::StartsWith => Matcher::StartsWith(texts),
+            Operator::EndsWith => Matcher::EndsWith(texts),
+            Operator::RegexMatch => {
+                let start = pool.regexes.len();
+                for (j, p) in values.iter().enumerate() {
+                    let compiled = match self.regexes.get(&**p) {
+                        Some(c) => c.clone(),
+                        None => {
+                            let c = compile_regex(p);
+                            self.regexes.insert(Box::from(&**p), c.clone());
+                            c
+                        }
+                    };
+                    pool.regexes
+                        .push(compiled.map_err(|m| (format!("values[{j}]"), m))?);
+                }
+                Matcher::Regex(Span::new(start, pool.regexes.len()))
+            }
+            op @ (Operator::Lt | Operator::Lte | Operator::Gt | Operator::Gte) => {
+                check_all("number", &|v| {
+                    v.trim().parse::<f64>().is_ok_and(|n| !n.is_nan())
+                })?;
+                let start = pool.numbers.len();
+                pool.numbers
+                    .extend(values.iter().filter_map(|v| v.trim().parse::<f64>().ok()));
+                Matcher::Number(cmp(op), Span::new(start, pool.numbers.len()))
+            }
+            op @ (Operator::SemverEq
+            | Operator::SemverLt
+            | Operator::SemverLte
+            | Operator::SemverGt
+            | Operator::SemverGte) => {
+                check_all("semantic version (e.g. 1.2.3)", &|v| {
+                    parse_semver(v).is_some()
+                })?;
+                let start = pool.versions.len();
+                pool.versions
+                    .extend(values.iter().filter_map(|v| parse_semver(v)));
+                Matcher::Semver(cmp(op), Span::new(start, pool.versions.len()))
+            }
+            op @ (Operator::Before | Operator::After) => {
+                check_all("RFC 3339 time or YYYY-MM-DD date", &|v| {
+                    parse_time(v).is_some()
+                })?;
+                let start = pool.times.len();
+                pool.times
+                    .extend(values.iter().filter_map(|v| parse_time(v)));
+                Matcher::Date(cmp(op), Span::new(start, pool.times.len()))
+            }
+        };
+        Ok(CompiledRule {
+            rule_type: r.rule_type,
+            operator: r.operator,
+            attribute: r.attribute.as_deref().map(Box::from),
+            percentage,
+            values: texts,
+            matcher,
+        })
+    }
+
+    /// Drops flags whose prerequisites are missing, rejected, themselves or
+    /// part of a cycle (repeating until stable: a flag needing a dropped flag
+    /// is dropped too), then points every prerequisite at its flag's index.
+    fn resolve_prerequisites(&mut self) {
+        let n = self.flags.len();
+        if self.flags.iter().all(|f| f.prerequisites.is_empty()) {
+            return;
+        }
+        let pool = &mut self.pool;
+        // Index of each prerequisite's flag in the flags loaded so far.
+        let targets: Vec<Option<usize>> = pool
+            .prereq_names
+            .iter()
+            .map(|&s| {
+                let name = pool.text.get(s.range()).unwrap_or("");
+                self.index.get(name).copied()
+            })
+            .collect();
+        let edges = |f: &CompiledFlag| targets.get(f.prerequisites.range()).unwrap_or(&[]);
+        let mut alive = vec![true; n];
+        loop {
+            // Missing (or dropped) prerequisites, until stable.
+            loop {
+                let mut bad: Vec<(usize, usize, bool)> = Vec::new();
+                for (i, f) in self.flags.iter().enumerate() {
+                    if !alive[i] {
+                        continue;
+                    }
+                    if let Some((j, t)) = edges(f)
+                        .iter()
+                        .enumerate()
+                        .find(|(_, t)| t.is_none_or(|t| !alive[t] || t == i))
+                    {
+                        bad.push((i, j, *t == Some(i)));
+                    }
+                }
+                if bad.is_empty() {
+                    break;
+                }
+                for &(i, j, itself) in bad.iter().rev() {
+                    alive[i] = false;
+                    let f = &self.flags[i];
+                    let p = pool
+                        .prereq_names
+                        .get(f.prerequisites.range().start + j)
+                        .map_or("", |&s| pool.text(s));
+                    let msg = if itself {
+                        format!("prerequisite cycle: `{p}` requires itself")
+                    } else {
+                        format!("prerequisite `{p}` names no loaded flag (missing or rejected)")
+                    };
+                    self.errors
+                        .push(FlagError::new(&*f.key, format!("prerequisites[{j}]"), msg));
+                }
+            }
+            // Cycles among the rest: iterative DFS with colours.
+            let mut in_cycle = vec![false; n];
+            let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
+            for start in 0..n {
+                if state[start] != 0 || !alive[start] {
+                    continue;
+                }
+                let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+                state[start] = 1;
+                while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                    if let Some(&m) = edges(&self.flags[node]).get(*next) {
+                        *next += 1;
+                        let Some(m) = m else { continue };
+                        match state[m] {
+                            0 => {
+                                state[m] = 1;
+                                stack.push((m, 0));
+                            }
+                            1 => {
+                                // Every node on the stack from m to the top is in the cycle.
+                                let from = stack.iter().position(|(x, _)| *x == m).unwrap_or(0);
+                                for (x, _) in &stack[from..] {
+                                    in_cycle[*x] = true;
+                                }
+                            }
+                            _ => {}
+                        }
+                    } else {
+                        state[node] = 2;
+                        stack.pop();
+                    }
+                }
+            }
+            if !in_cycle.iter().any(|c| *c) {
+                break;
+            }
+            let cyclic: Vec<&str> = (0..n)
+                .filter(|&i| in_cycle[i])
+                .map(|i| &*self.flags[i].key)
+                .collect();
+            let msg = format!("prerequisite cycle among {}", cyclic.join(", "));
+            for i in (0..n).filter(|&i| in_cycle[i]) {
+                alive[i] = false;
+                self.errors.push(FlagError::new(
+                    &*self.flags[i].key,
+                    "prerequisites",
+                    msg.clone(),
+                ));
+            }
+            // Flags that needed a cyclic flag now miss a prerequisite: go again.
+        }
+        // Drop the rejected flags and number the rest.
+        let mut new_index = vec![usize::MAX; n];
+        let mut next = 0;
+        for (i, slot) in new_index.iter_mut().enumerate() {
+            if alive[i] {
+                *slot = next;
+                next += 1;
+            }
+        }
+        pool.prereqs = targets
+            .iter()
+            .map(|t| {
+                t.and_then(|t| new_index.get(t).copied())
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        if next < n {
+            let mut i = 0;
+            self.flags.retain(|_| {
+                i += 1;
+                alive[i - 1]
+            });
+            self.index.clear();
+            for (i, f) in self.flags.iter().enumerate() {
+                self.index.insert(f.key.clone(), i);
+            }
+        }
+    }
+}
+
+/// Compiles a pattern with Python `re.match` semantics: anchored at the start
+/// only.
+fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    RegexBuilder::new(&format!("^(?:{pattern})"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| {
+            let unsupported = ["(?=", "(?!", "(?<=", "(?<!", "(?P=", "(?>"]
+                .iter()
+                .any(|s| pattern.contains(s))
+                || has_backreference(pattern);
+            match e {
+                regex::Error::CompiledTooBig(limit) => {
+                    format!("pattern `{pattern}` compiles to more than {limit} bytes; simplify it")
+                }
+                _ if unsupported => format!(
+                    "pattern `{pattern}` uses look-around or backreferences, which Rust's regex \
+                     engine cannot express (it guarantees linear-time matching); rewrite it \
+                     without them: {e}"
+                ),
+                _ => format!("pattern `{pattern}` is not a valid regular expression: {e}"),
+            }
+        })
+}
+
+fn has_backreference(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.windows(2)
+        .any(|w| w[0] == b'\\' && w[1].is_ascii_digit() && w[1] != b'0')
+}
