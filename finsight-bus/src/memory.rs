@@ -867,13 +867,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn acknowledged_messages_are_freed_by_a_publish_or_an_idle_consumer() {
+    /// A broker with queue `q` and one subscription to it (prefetch 1000).
+    async fn broker_with_consumer() -> (MemoryBroker, Box<dyn DeliveryStream>) {
         let broker = MemoryBroker::new();
         broker
             .declare_sync(&Topology::finsight().consumer_queue("q"))
             .unwrap();
-        let mut sub = broker
+        let sub = broker
             .subscribe(
                 "q",
                 SubscribeOptions {
@@ -883,6 +883,12 @@ mod tests {
             )
             .await
             .unwrap();
+        (broker, sub)
+    }
+
+    #[tokio::test]
+    async fn acknowledged_messages_are_freed_by_a_publish_or_an_idle_consumer() {
+        let (broker, mut sub) = broker_with_consumer().await;
         let freed = Arc::new(AtomicU64::new(0));
         let n = u64::try_from(RETIRED_BATCH).unwrap();
         for _ in 0..n {
@@ -919,20 +925,7 @@ mod tests {
 
     #[tokio::test]
     async fn retired_messages_are_bounded() {
-        let broker = MemoryBroker::new();
-        broker
-            .declare_sync(&Topology::finsight().consumer_queue("q"))
-            .unwrap();
-        let mut sub = broker
-            .subscribe(
-                "q",
-                SubscribeOptions {
-                    prefetch: 1000,
-                    ..SubscribeOptions::default()
-                },
-            )
-            .await
-            .unwrap();
+        let (broker, mut sub) = broker_with_consumer().await;
         let freed = Arc::new(AtomicU64::new(0));
         let extra = 10u64;
         let max = u64::try_from(RETIRED_MAX).unwrap();

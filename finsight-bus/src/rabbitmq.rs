@@ -702,8 +702,7 @@ impl Link {
         &self,
         op: impl std::future::Future<Output = lapin::Result<T>>,
     ) -> Result<T> {
-        let op = std::pin::pin!(op);
-        let mut op = op;
+        let mut op = std::pin::pin!(op);
         loop {
             match tokio::time::timeout(LIVENESS_CHECK, op.as_mut()).await {
                 Ok(r) => return r.map_err(|e| lost(&e)),
