@@ -6,6 +6,7 @@
 #     services, examples; then the `outage_*` tests (which stop and restart
 #     the services) one at a time; then the doc tests
 #  4. the docs, warnings denied
+#  5. a bounded, deterministic fuzz run of the flag JSON loader (scripts/fuzz.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -17,6 +18,7 @@ scripts/services.sh
 
 step "cargo fmt --all --check"
 cargo fmt --all --check
+cargo fmt --manifest-path finsight-flags/fuzz/Cargo.toml --check
 
 step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
@@ -42,5 +44,15 @@ cargo test --workspace --all-features --doc
 
 step "cargo doc --workspace --no-deps --all-features (RUSTDOCFLAGS=-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+
+step "fuzz the flag JSON loader (seed 1, ${FUZZ_RUNS:=300000} inputs)"
+fuzz_log=$(mktemp)
+if ! FUZZ_RUNS="$FUZZ_RUNS" scripts/fuzz.sh >"$fuzz_log" 2>&1; then
+  tail -n 80 "$fuzz_log"
+  echo "fuzzing found a failing input: see finsight-flags/fuzz/artifacts/flag_json" >&2
+  exit 1
+fi
+grep -E '^(Done|stat::)' "$fuzz_log"
+rm -f "$fuzz_log"
 
 step "all checks passed"

@@ -170,6 +170,23 @@ fn realistic_documents_match_the_reference() {
     );
 }
 
+/// The fuzz target's seeds, and any input it found that once failed
+/// (`fuzz/seeds/flag_json`, see `scripts/fuzz.sh`), pass the same check on
+/// every test run.
+#[test]
+fn fuzz_seeds_match_the_reference() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/flag_json");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        check(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 10, "the seeds are missing from {dir}");
+}
+
 #[test]
 fn unusual_but_valid_documents_match_the_reference() {
     // Inputs the scanner leaves to the slow path, and edge cases it takes.
