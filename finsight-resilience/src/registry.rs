@@ -13,7 +13,11 @@ use crate::error::Error;
 ///
 /// Memory is bounded: at most `max_breakers` breakers are kept (least
 /// recently used go first) and a breaker unused for `idle_timeout` is
-/// dropped, so per-key state cannot grow without limit. A dropped breaker's
+/// dropped, so per-key state cannot grow without limit. A new key is always
+/// admitted, evicting the least recently used breaker when the registry is
+/// full (strict LRU, not moka's default TinyLFU, which may refuse a new key
+/// in favour of frequently used ones and would leave that key with a fresh,
+/// unstored breaker on every lookup, one that could never trip). A dropped breaker's
 /// state is forgotten; callers still holding a clone keep using it. Backed
 /// by [`moka::sync::Cache`]: a lookup of an existing key is a concurrent
 /// hash-map read and does not allocate; the first lookup of a key allocates
@@ -74,6 +78,10 @@ impl BreakerRegistryBuilder {
             template: self.template,
             cache: Cache::builder()
                 .max_capacity(self.max)
+                // Strict LRU: every new key is admitted (TinyLFU may reject
+                // it, and a rejected key's breaker would be rebuilt closed
+                // on every lookup).
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_idle(self.idle)
                 .build(),
             max: self.max,

@@ -138,3 +138,41 @@ fn health_includes_registry_breakers() {
     assert_eq!(r.status, HealthStatus::Degraded);
     assert_eq!(r.breakers.len(), 2);
 }
+
+/// A full registry admits every new key (strict LRU): a new downstream's
+/// breaker is stored and trips, however often the keys already kept are
+/// used. moka's default TinyLFU admission would refuse the new keys in favour
+/// of the frequently used ones, and `get` would then hand out a fresh closed
+/// breaker on every lookup, one that never trips.
+#[tokio::test]
+async fn a_full_registry_admits_new_keys_and_their_breakers_trip() {
+    const CAP: u64 = 16;
+    let reg = BreakerRegistry::builder(CircuitBreaker::builder("t").consecutive_failures(1))
+        .max_breakers(CAP)
+        .build()
+        .unwrap();
+    for round in 0..50 {
+        for i in 0..CAP {
+            let b = reg.get(&format!("hot-{i}"));
+            assert_eq!(b.state(), State::Closed, "round {round}, hot-{i}");
+        }
+    }
+    // `len()` runs moka's pending maintenance (admission and eviction), so
+    // the registry is exactly at capacity before the new keys arrive.
+    assert_eq!(reg.len(), CAP);
+    for i in 0..40 {
+        let key = format!("new-{i}");
+        let r = reg.get(&key).call(|| async { Err::<(), _>("down") }).await;
+        assert!(r.is_err());
+        // Let moka decide admission and eviction now, deterministically.
+        assert!(reg.len() <= CAP);
+        let again = reg.get(&key);
+        assert_eq!(
+            again.state(),
+            State::Open,
+            "{key}: its breaker was not kept, so it cannot trip"
+        );
+        assert!(reg.get_existing(&key).is_some(), "{key} was not admitted");
+    }
+    assert_eq!(reg.len(), CAP);
+}
