@@ -1,4 +1,4 @@
-//! [`RetryBudget`]: retries limited to a share of recent calls plus a floor.
+//! [`RetryBudget`]: retries limited to a share of recent successful calls plus a floor.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,10 +13,13 @@ use crate::error::Error;
 const SLOTS: usize = 10;
 const UNIT: i64 = 1000;
 
-/// A retry budget in the Finagle / tower `TpsBudget` design: every call
-/// deposits `ratio` of a retry, every retry withdraws one, deposits expire
-/// after `ttl`, and a floor of `min_per_sec` retries per second is always
-/// allowed. When the budget is empty, retries stop (the call fails with
+/// A retry budget in the Finagle / tower `TpsBudget` design: every
+/// successful call deposits `ratio` of a retry, every retry withdraws one,
+/// deposits expire after `ttl`, and a floor of `min_per_sec` retries per
+/// second is always allowed. [`Retry`](crate::Retry) deposits only when a
+/// call succeeds (once per logical call, not per attempt): failed calls
+/// deposit nothing, so during a total outage retries are bounded by the
+/// floor alone. When the budget is empty, retries stop (the call fails with
 /// [`StopReason::BudgetExhausted`](crate::StopReason::BudgetExhausted))
 /// instead of multiplying load during an outage.
 ///
@@ -51,7 +54,8 @@ impl fmt::Debug for RetryBudget {
 }
 
 impl Default for RetryBudget {
-    /// 10 s ttl, 10 retries per second floor, 20 % of calls (tower's default).
+    /// 10 s ttl, 10 retries per second floor, 20 % of successful calls
+    /// (tower's default).
     fn default() -> Self {
         Self::build(
             Duration::from_secs(10),
@@ -63,8 +67,9 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
-    /// A budget allowing retries of `ratio` (0.0..=1000.0) of the calls of
-    /// the last `ttl` (1..=60 s), plus `min_per_sec` retries per second.
+    /// A budget allowing retries of `ratio` (0.0..=1000.0) of the successful
+    /// calls of the last `ttl` (1..=60 s), plus `min_per_sec` retries per
+    /// second.
     /// Reads time with a [`TokioClock`], so the budget follows tokio's paused
     /// test clock; [`with_clock`](Self::with_clock) takes another.
     ///
@@ -109,7 +114,7 @@ impl RetryBudget {
     }
 
     fn build(ttl: Duration, min_per_sec: u32, ratio: f64, clock: AnyClock) -> Self {
-        // Units: one retry = UNIT; one call deposits ratio * UNIT.
+        // Units: one retry = UNIT; one successful call deposits ratio * UNIT.
         let deposit = (ratio * UNIT as f64).round() as i64;
         let reserve = i64::from(min_per_sec)
             .saturating_mul(ttl.as_secs() as i64)
@@ -130,7 +135,9 @@ impl RetryBudget {
         }
     }
 
-    /// Records one call (made once per logical request, not per retry).
+    /// Records one successful call (once per logical request, not per
+    /// attempt). [`Retry`](crate::Retry) calls this when a call succeeds;
+    /// call it yourself only for successes a `Retry` did not see.
     #[inline]
     pub fn deposit(&self) {
         self.inner.expire();

@@ -188,6 +188,14 @@ impl std::error::Error for PolledAfterCompletion {}
 /// [`RetryBoxError`], retries errors and waits out [`CircuitOpen`] and
 /// [`RetryAfterHint`](crate::RetryAfterHint) errors, so a
 /// [`CircuitBreakerLayer`] *inside* the retry layer makes retry breaker-aware.
+///
+/// **Under tokio's paused clock, waiting out an open breaker works only if
+/// the breaker was built with `.clock(TokioClock::new())`**
+/// ([`TokioClock`](crate::TokioClock)): the wait is a `tokio::time` sleep,
+/// and a breaker on its default real-time
+/// [`MonotonicClock`](crate::MonotonicClock) is still open when it ends, so
+/// retry gives up once `max_attempts` rejections have been waited out (see
+/// [`Retry::run_through`]).
 #[derive(Debug, Clone)]
 pub struct RetryLayer<C = RetryBoxError> {
     retry: Retry,
@@ -341,7 +349,7 @@ where
                     let r = ready!(fut.poll(cx)).map_err(Into::into);
                     let action = this.classifier.classify(&r);
                     let elapsed = this.start.map_or(Duration::ZERO, |t0| t0.elapsed());
-                    match this.retry.next(this.progress, action, elapsed) {
+                    match this.retry.next(this.progress, action, r.is_ok(), elapsed) {
                         Next::Stop(_) => return Poll::Ready(r),
                         Next::Sleep(d) => this.state.set(RetryState::Sleeping {
                             sleep: tokio::time::sleep(d),

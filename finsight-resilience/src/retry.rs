@@ -154,10 +154,13 @@ pub enum OnCircuitOpen {
     /// Sleep until the breaker's probe time (or the backoff delay if that is
     /// unknown) without using an attempt; give up if that is past the deadline.
     /// At most `max_attempts` rejections are waited out per call. The sleep
-    /// is a `tokio::time` sleep: under tokio's paused clock it ends the
+    /// is a `tokio::time` sleep: **under tokio's paused clock it ends the
     /// breaker's open duration only if the breaker measures time with a
-    /// [`TokioClock`](crate::TokioClock) (breakers default to the real-time
-    /// [`MonotonicClock`](crate::MonotonicClock)).
+    /// [`TokioClock`](crate::TokioClock)**. Breakers default to the real-time
+    /// [`MonotonicClock`](crate::MonotonicClock), which the paused clock does
+    /// not move: such a breaker rejects every wait and retry gives up with
+    /// [`StopReason::CircuitOpen`] once `max_attempts` rejections have been
+    /// waited out.
     #[default]
     Wait,
     /// Stop at once with [`StopReason::CircuitOpen`].
@@ -202,6 +205,10 @@ impl RetryBuilder {
     }
 
     /// Draw retries from `budget` (shared with whoever else holds a clone).
+    /// A call that succeeds (ends with an `Ok` the classifier returns)
+    /// deposits once; failed, rejected and non-retryable calls deposit
+    /// nothing, so during an outage retries are limited to the budget's
+    /// per-second floor.
     pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.budget = Some(budget);
         self
@@ -273,10 +280,11 @@ struct Inner {
 /// A retry policy. Cheap to clone (one `Arc`); clones share the RNG and budget.
 ///
 /// Sleeps with `tokio::time`, so it is deterministic under tokio's paused
-/// clock and a [`seed`](RetryBuilder::seed) (a breaker it waits out must
-/// then be on a [`TokioClock`](crate::TokioClock), see [`OnCircuitOpen::Wait`]). A first-attempt success costs
-/// one budget deposit (if a budget is set) and nothing else: no allocation,
-/// no lock, no timer. Each retry locks the RNG once to draw its delay.
+/// clock and a [`seed`](RetryBuilder::seed). A breaker it waits out must
+/// then be on a [`TokioClock`](crate::TokioClock): see
+/// [`run_through`](Self::run_through). A first-attempt success costs one
+/// budget deposit (if a budget is set) and nothing else: no allocation, no
+/// lock, no timer. Each retry locks the RNG once to draw its delay.
 #[derive(Debug, Clone)]
 pub struct Retry {
     inner: Arc<Inner>,
@@ -296,7 +304,6 @@ pub(crate) struct Progress {
     retries: u32,
     rejections: u32,
     previous: Duration,
-    deposited: bool,
 }
 
 impl Progress {
@@ -371,6 +378,17 @@ impl Retry {
     /// breaker's probe time or gives up ([`OnCircuitOpen`]) without using an
     /// attempt.
     ///
+    /// **Under tokio's paused clock (`start_paused = true`), waiting for the
+    /// probe time works only if `breaker` was built with
+    /// `.clock(TokioClock::new())`.** The wait is a `tokio::time` sleep; a
+    /// breaker on its default [`MonotonicClock`](crate::MonotonicClock)
+    /// measures real time, which the paused clock's auto-advance does not
+    /// move, so the breaker is still open when the sleep ends: every wait is
+    /// rejected again and, once `max_attempts` rejections have been waited
+    /// out, the call fails with [`StopReason::CircuitOpen`] without another
+    /// attempt. On a running (unpaused) clock both clocks agree and any clock
+    /// works.
+    ///
     /// # Errors
     /// As [`run`](Self::run); rejections that ended retrying appear as
     /// [`BreakerError::Open`].
@@ -440,7 +458,7 @@ impl Retry {
                 },
             };
             let elapsed = start.map_or(Duration::ZERO, |(t0, _)| t0.elapsed());
-            match self.next(&mut p, action, elapsed) {
+            match self.next(&mut p, action, result.is_ok(), elapsed) {
                 Next::Stop(reason) => {
                     return result.map_err(|error| RetryError::Failed {
                         error,
@@ -453,21 +471,27 @@ impl Retry {
         }
     }
 
-    /// Decides what follows an attempt. Deposits into the budget after the
-    /// first attempt, withdraws for a retry.
-    pub(crate) fn next(&self, p: &mut Progress, action: RetryAction, elapsed: Duration) -> Next {
+    /// Decides what follows an attempt whose result was `ok` (`Result::is_ok`)
+    /// and classified as `action`. Deposits into the budget when the call
+    /// succeeds (an `Ok` it returns: once per logical call, since that ends
+    /// it), withdraws for a retry. A failed, rejected or non-retryable attempt
+    /// deposits nothing, so under a total outage only the budget's per-second
+    /// floor pays for retries.
+    pub(crate) fn next(
+        &self,
+        p: &mut Progress,
+        action: RetryAction,
+        ok: bool,
+        elapsed: Duration,
+    ) -> Next {
         let cfg = &*self.inner;
-        // One deposit per logical call, when its first attempt reached the
-        // operation (a breaker rejection is not a call).
-        if !p.deposited
-            && !matches!(action, RetryAction::CircuitOpen(_))
-            && let Some(b) = &cfg.budget
-        {
-            p.deposited = true;
-            b.deposit();
-        }
         let (hint, open) = match action {
-            RetryAction::Return => return Next::Stop(StopReason::NotRetryable),
+            RetryAction::Return => {
+                if ok && let Some(b) = &cfg.budget {
+                    b.deposit();
+                }
+                return Next::Stop(StopReason::NotRetryable);
+            }
             RetryAction::Retry => (None, None),
             RetryAction::RetryAfter(h) => (Some(h), None),
             RetryAction::CircuitOpen(o) => (None, Some(o)),

@@ -296,7 +296,7 @@ async fn a_shared_budget_stops_retry_storms_across_retriers() {
         async { Err::<(), _>("down") }
     };
     let r = a.run(failing).await;
-    // First call deposits 0.5 more: 2.5 -> two retries, then empty.
+    // A failing call deposits nothing: 2 -> two retries, then empty.
     assert!(
         matches!(
             r,
@@ -308,14 +308,14 @@ async fn a_shared_budget_stops_retry_storms_across_retriers() {
         ),
         "{r:?}"
     );
-    // 0.5 left + 0.5 deposited by b's call: one retry, then empty.
+    // Nothing left, and b's failing call deposits nothing: no retry.
     let r = b.run(failing).await;
     assert!(
         matches!(
             r,
             Err(RetryError::Failed {
                 reason: StopReason::BudgetExhausted,
-                attempts: 2,
+                attempts: 1,
                 ..
             })
         ),
@@ -323,7 +323,7 @@ async fn a_shared_budget_stops_retry_storms_across_retriers() {
     );
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        5,
+        4,
         "without the budget it would be 10"
     );
     // Deposits expire after the ttl.
@@ -491,4 +491,108 @@ async fn a_call_first_rejected_by_the_breaker_still_deposits_once() {
         1,
         "one deposit for the call, none for the rejection"
     );
+}
+
+/// SPEC §2.2: retries are limited to a ratio of recent *successful* calls.
+/// Failed calls (retryable or not) and `Ok` results the classifier retried
+/// deposit nothing, so under a total outage the per-second floor alone pays
+/// for retries, however generous the ratio.
+#[tokio::test(start_paused = true)]
+async fn failing_calls_deposit_nothing_so_an_outage_gets_only_the_floor() {
+    let clock = ManualClock::new();
+    // A 100 % ratio would let every failing call retry if failures deposited;
+    // the floor is 2 retries per second over a 1 s ttl: 2 retries in all.
+    let budget = RetryBudget::with_clock(Duration::from_secs(1), 2, 1.0, clock.clone()).unwrap();
+    let retry = Retry::builder()
+        .max_attempts(4)
+        .backoff(exp(1, 10, Jitter::None))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    assert_eq!(budget.balance(), 2);
+
+    let calls = AtomicU32::new(0);
+    let failing = || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>("down") }
+    };
+    for _ in 0..20 {
+        let _ = retry.run(failing).await.unwrap_err();
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        20 + 2,
+        "20 calls and the floor's 2 retries (a deposit per failing call would allow 40 more)"
+    );
+    assert_eq!(budget.balance(), 0);
+
+    // A non-retryable error and a retried `Ok` that ran out of attempts are
+    // not successes either.
+    let no_retry = |_: &Result<(), &str>| RetryAction::Return;
+    let _ = retry
+        .run_with(&no_retry, || async { Err::<(), _>("bad request") })
+        .await
+        .unwrap_err();
+    let always = |_: &Result<u32, ()>| RetryAction::Retry;
+    let stale = retry.run_with(&always, || async { Ok::<u32, ()>(7) }).await;
+    assert_eq!(stale.unwrap(), 7, "the last Ok is returned");
+    assert_eq!(budget.balance(), 0, "no deposit for either");
+
+    // A success deposits once (ratio 1.0 = one retry), however many attempts it took.
+    let n = AtomicU32::new(0);
+    clock.advance(Duration::from_secs(2)); // the floor refills
+    assert_eq!(budget.balance(), 2);
+    retry
+        .run(|| {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            async move { if k < 2 { Err("flaky") } else { Ok(()) } }
+        })
+        .await
+        .unwrap();
+    assert_eq!(n.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        budget.balance(),
+        1,
+        "floor 2, two retries taken, one deposit"
+    );
+}
+
+/// The tower `RetryLayer` follows the same rule as the closure API.
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_deposits_only_on_success() {
+    use finsight_resilience::{BoxError, RetryLayer};
+    use tower::{Layer, ServiceExt};
+
+    let clock = ManualClock::new();
+    let budget = RetryBudget::with_clock(Duration::from_secs(1), 2, 1.0, clock).unwrap();
+    let retry = Retry::builder()
+        .max_attempts(4)
+        .backoff(exp(1, 10, Jitter::None))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let down = RetryLayer::new(retry.clone()).layer(tower::service_fn(move |_: u32| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async { Err::<u32, BoxError>("down".into()) }
+    }));
+    for i in 0..20 {
+        down.clone().oneshot(i).await.unwrap_err();
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        20 + 2,
+        "only the floor's retries"
+    );
+    assert_eq!(budget.balance(), 0);
+
+    let up =
+        RetryLayer::new(retry).layer(tower::service_fn(
+            |x: u32| async move { Ok::<u32, BoxError>(x) },
+        ));
+    for i in 0..3 {
+        assert_eq!(up.clone().oneshot(i).await.unwrap(), i);
+    }
+    assert_eq!(budget.balance(), 3, "one deposit per successful call");
 }
