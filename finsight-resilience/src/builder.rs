@@ -13,12 +13,15 @@ mod sealed {
     impl<L> Sealed for tower::ServiceBuilder<L> {}
 }
 
-/// Adds `.circuit_breaker(..)`, `.retry(..)` and `.fault_injection(..)` to
-/// [`tower::ServiceBuilder`]. Sealed: implemented for `ServiceBuilder` only.
+/// Adds `.circuit_breaker(..)`, `.retry_policy(..)` and
+/// `.fault_injection(..)` to [`tower::ServiceBuilder`]. Sealed: implemented
+/// for `ServiceBuilder` only.
 ///
-/// Layers apply outside-in in the order written: put `.retry(..)` before
-/// `.circuit_breaker(..)` so retry sees the breaker's rejections and waits for
-/// its probe time instead of burning attempts.
+/// Layers apply outside-in in the order written: put `.retry_policy(..)`
+/// before `.circuit_breaker(..)` so retry sees the breaker's rejections and
+/// waits for its probe time instead of burning attempts (under tokio's paused
+/// clock only if the breaker is on a [`TokioClock`](crate::TokioClock), see
+/// [`Retry::run_through`]).
 pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
     /// Adds a [`CircuitBreakerLayer`] over `breaker` (default classifier).
     fn circuit_breaker(

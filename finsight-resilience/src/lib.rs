@@ -49,7 +49,8 @@
 //!   +0..10 %) and the cap applied after jitter; retry on chosen errors and
 //!   chosen `Ok` results ([`RetryClassifier`]); retry-after hints honoured and
 //!   never undercut ([`parse_retry_after`] reads HTTP `Retry-After`); an
-//!   overall deadline; a shared [`RetryBudget`]; breaker awareness
+//!   overall deadline; a shared [`RetryBudget`] (retries limited to a ratio
+//!   of recent successful calls plus a per-second floor); breaker awareness
 //!   ([`OnCircuitOpen`]).
 //! * tower: [`CircuitBreakerLayer`], [`RetryLayer`], [`FaultLayer`], and with
 //!   the `tower-builder` feature the `ServiceBuilderExt` methods
@@ -110,8 +111,14 @@
 //!
 //! Retry and fault injection sleep with `tokio::time` and draw jitter from a
 //! seedable RNG, so tests under `#[tokio::test(start_paused = true)]` are
-//! deterministic. Sleeping (retry waits, injected latency, health timeouts,
-//! a retry deadline) needs a tokio runtime with the time driver.
+//! deterministic. **Breaker-aware retry ([`Retry::run_through`], a
+//! [`RetryLayer`] over a [`CircuitBreakerLayer`]) waits for an open
+//! breaker's probe time with a `tokio::time` sleep, so under the paused
+//! clock it works only with breakers on a [`TokioClock`]**: a breaker on the
+//! default [`MonotonicClock`] stays open through the sleep and retry gives up
+//! with [`StopReason::CircuitOpen`]. Sleeping (retry waits, injected
+//! latency, health timeouts, a retry deadline) needs a tokio runtime with
+//! the time driver.
 //!
 //! # Feature flags
 //!

@@ -592,3 +592,113 @@ fn a_coarse_clock_needs_a_runtime() {
     let e = finsight_resilience::CoarseClock::start(Duration::from_millis(1)).unwrap_err();
     assert!(e.to_string().contains("tokio runtime"), "{e}");
 }
+
+/// One `tracing` event as a capturing layer saw it.
+#[derive(Debug, Clone)]
+struct Captured {
+    level: tracing::Level,
+    fields: std::collections::BTreeMap<String, String>,
+}
+
+impl Captured {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+/// A `tracing_subscriber` layer recording every event and its fields.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<Captured>>>);
+
+struct FieldVisitor<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for FieldVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = std::collections::BTreeMap::new();
+        event.record(&mut FieldVisitor(&mut fields));
+        self.0.lock().unwrap().push(Captured {
+            level: *event.metadata().level(),
+            fields,
+        });
+    }
+}
+
+#[tokio::test]
+async fn state_changes_emit_tracing_events_with_the_breaker_name_and_reason() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let capture = Capture::default();
+    // Scoped to this thread; the current-thread runtime polls the calls here.
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let clock = ManualClock::new();
+    let b = CircuitBreaker::builder("quotes-api")
+        .consecutive_failures(2)
+        .open_duration(OpenDuration::Fixed(Duration::from_secs(10)))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    fail(&b).await.unwrap_err();
+    assert!(
+        capture
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|e| e.field("message") != Some("circuit breaker opened")),
+        "one failure of two does not open the breaker"
+    );
+    fail(&b).await.unwrap_err();
+    assert_eq!(b.state(), State::Open);
+
+    let events = capture.0.lock().unwrap().clone();
+    let opened: Vec<&Captured> = events
+        .iter()
+        .filter(|e| e.field("message") == Some("circuit breaker opened"))
+        .collect();
+    assert_eq!(opened.len(), 1, "{events:?}");
+    let opened = opened[0];
+    assert_eq!(opened.level, tracing::Level::WARN);
+    assert_eq!(opened.field("breaker"), Some("quotes-api"));
+    assert_eq!(opened.field("from"), Some("closed"));
+    assert_eq!(
+        opened.field("reason"),
+        Some(format!("{:?}", Reason::ConsecutiveFailures { count: 2 }).as_str())
+    );
+
+    // The other transitions are `info` events naming both states.
+    clock.advance(Duration::from_secs(10));
+    succeed(&b).await.unwrap();
+    assert_eq!(b.state(), State::Closed);
+    let events = capture.0.lock().unwrap().clone();
+    let changed: Vec<(&str, &str, &str)> = events
+        .iter()
+        .filter(|e| e.field("message") == Some("circuit breaker state changed"))
+        .map(|e| {
+            assert_eq!(e.level, tracing::Level::INFO);
+            assert_eq!(e.field("breaker"), Some("quotes-api"));
+            (
+                e.field("from").unwrap(),
+                e.field("to").unwrap(),
+                e.field("reason").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            ("open", "half_open", "OpenElapsed"),
+            ("half_open", "closed", "ProbesSucceeded")
+        ]
+    );
+}
