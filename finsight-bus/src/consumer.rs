@@ -104,6 +104,11 @@ pub struct ConsumerStats {
     /// Settles (ack / dead-letter) that failed, e.g. because the connection
     /// dropped; the broker redelivers those messages.
     pub settle_errors: u64,
+    /// Dead letters the broker did not take ([`Error::DeadLetterNotStored`]:
+    /// no queue bound for the dead-letter routing key, a nack, a confirm
+    /// timeout). The original was requeued, not acknowledged, and comes back;
+    /// a value that keeps growing means the dead-letter topology is broken.
+    pub dead_letter_failures: u64,
 }
 
 #[derive(Default)]
@@ -117,6 +122,7 @@ struct Stats {
     unknown_acked: AtomicU64,
     subscriptions: AtomicU64,
     settle_errors: AtomicU64,
+    dead_letter_failures: AtomicU64,
 }
 
 impl Stats {
@@ -132,6 +138,7 @@ impl Stats {
             unknown_acked: l(&self.unknown_acked),
             subscriptions: l(&self.subscriptions),
             settle_errors: l(&self.settle_errors),
+            dead_letter_failures: l(&self.dead_letter_failures),
         }
     }
 }
@@ -696,6 +703,10 @@ async fn dead_letter(
     );
     match settle_within(shared, "dead-letter", acker.dead_letter(message)).await {
         Ok(()) => inc(&shared.stats.dead_lettered),
+        Err(e @ Error::DeadLetterNotStored { .. }) => {
+            inc(&shared.stats.dead_letter_failures);
+            tracing::error!(error = %e, "dead letter not stored; the message comes back");
+        }
         Err(e) => {
             inc(&shared.stats.settle_errors);
             warn!(error = %e, "dead-lettering failed; the broker will redeliver");

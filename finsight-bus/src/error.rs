@@ -90,6 +90,22 @@ pub enum Error {
         /// The timeout that passed.
         after: std::time::Duration,
     },
+    /// The broker did not take the dead letter of a message from `queue`
+    /// (no queue bound for the dead-letter routing key, a nack, no confirm in
+    /// time): the original was **not** acknowledged but requeued (after the
+    /// backend's dead-letter retry delay), so it is not lost. Fix the
+    /// dead-letter topology; counted in
+    /// [`ConsumerStats::dead_letter_failures`](crate::ConsumerStats::dead_letter_failures).
+    #[error(
+        "dead letter of a message from queue `{queue}` not stored by the broker ({outcome}); the original was requeued, not acknowledged"
+    )]
+    DeadLetterNotStored {
+        /// The queue the original came from.
+        queue: String,
+        /// The broker's answer to the dead-letter publish, e.g.
+        /// `Unroutable { code: 312, .. }`.
+        outcome: String,
+    },
     /// The bus or consumer was closed.
     #[error("the bus is closed")]
     Closed,

@@ -73,9 +73,16 @@ impl Default for MemoryConfig {
 /// The in-memory broker. Cheap to clone; clones share the broker, so give
 /// one clone to the [`crate::Bus`] and keep one to script faults and look
 /// into queues.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryBroker {
     inner: Arc<Inner>,
+}
+
+impl Default for MemoryBroker {
+    /// [`MemoryBroker::new`].
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -100,7 +107,14 @@ struct Inner {
     nack_next: AtomicU64,
     lost: Notify,
     declared: Mutex<Option<Topology>>,
+    /// [`MemoryBroker::set_dead_letter_retry_delay`], in nanoseconds.
+    dead_letter_retry_ns: AtomicU64,
+    dead_letter_failures: AtomicU64,
 }
+
+/// Default of [`MemoryBroker::set_dead_letter_retry_delay`] (and of the
+/// RabbitMQ backend's `dead_letter_retry_delay`).
+pub const DEAD_LETTER_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct State {
@@ -278,6 +292,7 @@ impl MemoryBroker {
         let inner = Inner {
             config,
             online: AtomicBool::new(true),
+            dead_letter_retry_ns: AtomicU64::new(nanos(DEAD_LETTER_RETRY_DELAY)),
             ..Inner::default()
         };
         Self {
@@ -310,6 +325,27 @@ impl MemoryBroker {
     /// [`PublishOutcome::Nacked`].
     pub fn nack_next(&self, n: u64) {
         self.inner.nack_next.store(n, Ordering::SeqCst);
+    }
+
+    /// How long a delivery whose dead letter the broker did not take (no
+    /// queue bound for the dead-letter routing key, or the dead-letter queue
+    /// full) is held before it is requeued (default
+    /// [`DEAD_LETTER_RETRY_DELAY`], 1 s). The original is never dropped in
+    /// that case: it is requeued and redelivered, and the settle fails with
+    /// [`Error::DeadLetterNotStored`]. The delay keeps a broken dead-letter
+    /// route from turning into a hot redelivery loop; the held delivery keeps
+    /// its prefetch and concurrency slot meanwhile. Keep it well below the
+    /// consumer's settle timeout.
+    pub fn set_dead_letter_retry_delay(&self, delay: Duration) {
+        self.inner
+            .dead_letter_retry_ns
+            .store(nanos(delay), Ordering::Relaxed);
+    }
+
+    /// Dead letters the broker did not take (see
+    /// [`MemoryBroker::set_dead_letter_retry_delay`]) since start.
+    pub fn dead_letter_failures(&self) -> u64 {
+        self.inner.dead_letter_failures.load(Ordering::Relaxed)
     }
 
     /// Successful reconnects after scripted disconnects.
@@ -789,9 +825,51 @@ impl Acker for MemAcker {
         self.requeue_now();
         settled(Ok(()))
     }
-    fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
-        settled((*self).settle(|b, q, _| b.dead_letter(q, message)))
+    /// Routes `message` to the queue's dead-letter exchange with
+    /// `mandatory` and acknowledges the original only when it was stored;
+    /// otherwise requeues the original after the dead-letter retry delay.
+    fn dead_letter(mut self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
+        if !self.alive() {
+            return settled((*self).settle(|_, _, _| ()));
+        }
+        let Some(dlx) = self.queue.spec.dead_letter_exchange.clone() else {
+            // As RabbitMQ: no dead-letter exchange configured, the reject drops it.
+            return settled((*self).settle(|b, q, _| b.dead_letter(q, message)));
+        };
+        let mut message = message;
+        if let Some(k) = &self.queue.spec.dead_letter_routing_key {
+            message.routing_key.clone_from(k);
+        }
+        let outcome = self
+            .broker
+            .route(&dlx, message, PublishOptions { mandatory: true }, 0)
+            .unwrap_or_else(|e| PublishOutcome::Unroutable {
+                code: 404,
+                text: e.to_string(),
+            });
+        if outcome.is_confirmed() {
+            return settled((*self).settle(|_, q, s| q.retire(s.message)));
+        }
+        self.broker
+            .dead_letter_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let delay = Duration::from_nanos(self.broker.dead_letter_retry_ns.load(Ordering::Relaxed));
+        let queue = self.queue.spec.name.clone();
+        warn!(%queue, %dlx, ?outcome, retry_in = ?delay, "dead letter not stored; requeueing the original");
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            // Requeued on drop too, should this future be dropped first.
+            self.requeue_now();
+            Err(Error::DeadLetterNotStored {
+                queue,
+                outcome: format!("{outcome:?}"),
+            })
+        })
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The answer of a settle that is already done; a success is boxed without

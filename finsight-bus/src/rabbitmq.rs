@@ -7,9 +7,15 @@
 //!   confirmed, unroutable (returned), nacked, timed out, connection lost.
 //! * Consuming: one channel per subscription with `basic.qos` = prefetch,
 //!   manual acks; dead-lettering publishes the message with its
-//!   `x-dead-letter-*` headers to the queue's dead-letter exchange (with a
-//!   confirm) and then acks; if that publish fails it falls back to
-//!   `basic.reject(requeue=false)`, so the broker's DLX still applies.
+//!   `x-dead-letter-*` headers to the queue's dead-letter exchange
+//!   (`mandatory`, with a confirm) and acks the original only once the
+//!   broker confirmed the dead letter. If it was returned unroutable (no
+//!   queue bound for the dead-letter routing key), nacked or not confirmed
+//!   in time, the original is not acked: it is logged (`error`), counted
+//!   ([`RabbitMq::dead_letter_failures`], `ConsumerStats::dead_letter_failures`)
+//!   and requeued (`basic.nack requeue=true`) after
+//!   [`RabbitConfig::dead_letter_retry_delay`], so a broken dead-letter
+//!   route loses no message and does not spin hot.
 //! * Reconnection: the connection is re-established on demand (next publish
 //!   or subscribe) with the topology re-declared before use; the consumer
 //!   engine re-subscribes with backoff. Unacked deliveries of the lost
@@ -42,7 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// RabbitMQ backend settings: start from [`RabbitConfig::new`] and set the
 /// fields to change.
@@ -67,6 +73,13 @@ pub struct RabbitConfig {
     pub health_timeout: Duration,
     /// Connection name shown in the management UI.
     pub connection_name: String,
+    /// How long a delivery whose dead letter the broker did not take
+    /// (unroutable, nacked, timed out) is held before it is requeued with
+    /// `basic.nack requeue=true` (default 1 s). It bounds the redelivery
+    /// loop of a message that cannot be dead-lettered; the held delivery
+    /// keeps its prefetch and concurrency slot meanwhile. Keep it well below
+    /// the consumer's settle timeout (default 30 s).
+    pub dead_letter_retry_delay: Duration,
 }
 
 impl RabbitConfig {
@@ -79,6 +92,7 @@ impl RabbitConfig {
             connect_timeout: Duration::from_secs(10),
             health_timeout: Duration::from_secs(5),
             connection_name: format!("finsight-bus-{}", std::process::id()),
+            dead_letter_retry_delay: crate::memory::DEAD_LETTER_RETRY_DELAY,
         }
     }
 }
@@ -119,6 +133,7 @@ struct Inner {
     window: Arc<Semaphore>,
     unconfirmed: AtomicU64,
     reconnects: AtomicU64,
+    dead_letter_failures: AtomicU64,
     connected_once: AtomicBool,
     /// Pending confirms, in publish order; at most `confirm_window` items
     /// (each holds a window slot).
@@ -179,6 +194,7 @@ impl RabbitMq {
             topology: parking_lot::Mutex::new(None),
             unconfirmed: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            dead_letter_failures: AtomicU64::new(0),
             connected_once: AtomicBool::new(false),
         });
         let me = Self { inner };
@@ -189,6 +205,13 @@ impl RabbitMq {
     /// Successful reconnects since start.
     pub fn reconnects(&self) -> u64 {
         self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Dead letters the broker did not take (returned unroutable, nacked,
+    /// not confirmed in time) since start; each original was requeued
+    /// instead of acknowledged (see the module docs).
+    pub fn dead_letter_failures(&self) -> u64 {
+        self.inner.dead_letter_failures.load(Ordering::Relaxed)
     }
 
     fn current(&self) -> Option<Live> {
@@ -831,34 +854,66 @@ impl Acker for RabbitAcker {
 
     fn dead_letter(self: Box<Self>, mut message: Message) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            if let Some(dlx) = &self.spec.dead_letter_exchange {
-                if let Some(k) = &self.spec.dead_letter_routing_key {
-                    message.routing_key = k.clone();
-                }
-                let opts = PublishOptions { mandatory: false };
-                let outcome = match self.transport.publish_raw(dlx, message, opts).await {
-                    Ok(p) => p.await,
-                    Err(e) => {
-                        warn!(error = %e, "publishing the dead letter failed");
-                        PublishOutcome::ConnectionLost
-                    }
-                };
-                if outcome.is_confirmed() {
-                    return self
-                        .link
-                        .unless_closed(self.acker.ack(BasicAckOptions::default()))
-                        .await
-                        .map(|_| ());
-                }
-                warn!(
-                    ?outcome,
-                    "dead letter not confirmed; rejecting to the broker's DLX instead"
-                );
+            let Some(dlx) = self.spec.dead_letter_exchange.clone() else {
+                // No dead-letter exchange configured: the reject drops it, as
+                // the topology says.
+                warn!(queue = %self.spec.name, "no dead-letter exchange: message dropped");
+                return self
+                    .link
+                    .unless_closed(self.acker.reject(BasicRejectOptions { requeue: false }))
+                    .await
+                    .map(|_| ());
+            };
+            if let Some(k) = &self.spec.dead_letter_routing_key {
+                message.routing_key.clone_from(k);
             }
-            self.link
-                .unless_closed(self.acker.reject(BasicRejectOptions { requeue: false }))
-                .await
-                .map(|_| ())
+            let routing_key = message.routing_key.clone();
+            // Mandatory: a dead letter no queue takes is returned, not
+            // silently confirmed.
+            let opts = PublishOptions { mandatory: true };
+            let outcome = match self.transport.publish_raw(&dlx, message, opts).await {
+                Ok(p) => p.await,
+                Err(e) => {
+                    debug!(error = %e, "publishing the dead letter failed");
+                    PublishOutcome::ConnectionLost
+                }
+            };
+            if outcome.is_confirmed() {
+                return self
+                    .link
+                    .unless_closed(self.acker.ack(BasicAckOptions::default()))
+                    .await
+                    .map(|_| ());
+            }
+            let inner = &self.transport.inner;
+            inner.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+            let delay = inner.config.dead_letter_retry_delay;
+            error!(
+                queue = %self.spec.name,
+                dead_letter_exchange = %dlx,
+                %routing_key,
+                ?outcome,
+                retry_in = ?delay,
+                "dead letter not stored by the broker; the original is requeued, not acked"
+            );
+            // Held for the delay (unless the channel closes: then the broker
+            // requeues it anyway), so a broken route does not spin hot.
+            if self.link.open() {
+                let hold = async {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, lapin::Error>(())
+                };
+                let _ = self.link.unless_closed(hold).await;
+            }
+            let requeue = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            self.link.unless_closed(self.acker.nack(requeue)).await?;
+            Err(Error::DeadLetterNotStored {
+                queue: self.spec.name.clone(),
+                outcome: format!("{outcome:?}"),
+            })
         })
     }
 }

@@ -162,9 +162,12 @@ pub trait Acker: Send + 'static {
     /// left pending, reclaimed later).
     fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
     /// Sends `message` (the original with dead-letter headers added) to the
-    /// queue's dead-letter exchange / stream and removes the original. If
-    /// that publish fails, the backend falls back to a plain reject without
-    /// requeue (the broker's DLX, without the extra headers).
+    /// queue's dead-letter exchange / stream and removes the original once
+    /// the broker took the dead letter. If the broker did not take it
+    /// (unroutable: no queue bound for the dead-letter routing key; nacked;
+    /// timed out), the original must not be removed: the backend keeps it
+    /// for redelivery (after a delay, so a broken route does not spin hot)
+    /// and fails ([`Error::DeadLetterNotStored`] on RabbitMQ and in memory).
     fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>>;
 }
 

@@ -489,3 +489,155 @@ async fn an_ack_that_never_answers_frees_its_slot_after_the_settle_timeout() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!((st.acked, st.settle_errors), (2, 1), "{st:?}");
 }
+
+/// A dead letter with no route (the queue's dead-letter routing key is not
+/// bound) is not acknowledged away: the original is held for the retry
+/// delay, then requeued and handled again; no hot loop in between.
+#[tokio::test(start_paused = true)]
+async fn unroutable_dead_letter_requeues_after_the_retry_delay() {
+    let broker = MemoryBroker::new();
+    broker.set_dead_letter_retry_delay(Duration::from_secs(5));
+    let mut topology = Topology::finsight().consumer_queue("q");
+    topology.queue_mut("q").unwrap().dead_letter_routing_key = Some("nowhere".into());
+    let bus = bus_with(&broker, topology, "q").await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let c2 = calls.clone();
+    let router = Router::new().on("e", move |_ctx: Context| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        async { Err(HandlerError::msg("no")) }
+    });
+    let consumer = bus
+        .consumer("q", router)
+        .retry(RetryPolicy::none())
+        .start()
+        .unwrap();
+    bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap();
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(broker.dead_letter_failures(), 1);
+    tokio::time::sleep(Duration::from_millis(4_900)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "redelivered before the delay"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let st = consumer.stats();
+    assert_eq!((st.acked, st.dead_lettered), (0, 0), "{st:?}");
+    assert_eq!(st.dead_letter_failures, 1, "{st:?}");
+    assert_eq!(broker.queue_len("finsight.dlq"), Some(0));
+    drop(consumer);
+}
+
+/// A `tracing` layer that records, for every event with target
+/// `handler_probe`, the `correlation_id` field of the enclosing `bus.handle`
+/// span (`None` when the event is outside such a span).
+mod span_probe {
+    use std::sync::{Arc, Mutex};
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id};
+    use tracing::{Event, Subscriber};
+    use tracing_subscriber::layer::{Context, Layer};
+    use tracing_subscriber::registry::LookupSpan;
+
+    #[derive(Default)]
+    struct Fields(Vec<(&'static str, String)>);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push((field.name(), format!("{value:?}")));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.push((field.name(), value.to_owned()));
+        }
+    }
+
+    pub type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+    pub struct Probe(pub Seen);
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Probe {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            let mut fields = Fields::default();
+            attrs.record(&mut fields);
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(fields);
+            }
+        }
+
+        fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+            if event.metadata().target() != "handler_probe" {
+                return;
+            }
+            let found = ctx.event_scope(event).and_then(|scope| {
+                scope.filter(|s| s.name() == "bus.handle").find_map(|s| {
+                    let ext = s.extensions();
+                    ext.get::<Fields>()?
+                        .0
+                        .iter()
+                        .find(|(k, _)| *k == "correlation_id")
+                        .map(|(_, v)| v.clone())
+                })
+            });
+            self.0.lock().unwrap().push(found);
+        }
+    }
+}
+
+/// Handlers run inside the `bus.handle` span whose `correlation_id` is the
+/// envelope's: one that finishes on its first poll (the inline path) and
+/// one that has to wait (the boxed path).
+#[tokio::test]
+async fn handlers_run_in_a_span_with_the_correlation_id() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let seen: span_probe::Seen = Arc::default();
+    let subscriber = tracing_subscriber::registry().with(span_probe::Probe(seen.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::info!(target: "handler_probe", "outside any handler");
+
+    let broker = MemoryBroker::new();
+    let bus = bus_with(&broker, Topology::finsight().consumer_queue("q"), "q").await;
+    let router = Router::new()
+        .on("now", |_ctx: Context| async {
+            tracing::info!(target: "handler_probe", "inline");
+            Ok(())
+        })
+        .on("later", |_ctx: Context| async {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tracing::info!(target: "handler_probe", "after waiting");
+            Ok(())
+        });
+    let consumer = bus.consumer("q", router).start().unwrap();
+    let now = Envelope::new("now", &1)
+        .unwrap()
+        .with_correlation_id("corr-inline-1");
+    let later = Envelope::new("later", &2)
+        .unwrap()
+        .with_correlation_id("corr-waiting-2");
+    assert!(bus.publish(&now).await.unwrap().is_confirmed());
+    assert!(bus.publish(&later).await.unwrap().is_confirmed());
+    for _ in 0..500 {
+        if consumer.stats().acked == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(consumer.stats().acked, 2);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            None,
+            Some("corr-inline-1".to_owned()),
+            Some("corr-waiting-2".to_owned())
+        ]
+    );
+    drop(consumer);
+}

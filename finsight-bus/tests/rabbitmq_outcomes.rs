@@ -1,6 +1,8 @@
 //! Publish outcomes and health counters that only a real RabbitMQ can
 //! produce: a nack from a full `reject-publish` queue, and confirms that
-//! never come while the broker blocks publishers (memory alarm).
+//! never come while the broker blocks publishers (memory alarm); dead
+//! letters the broker cannot route; topology recovery after the broker
+//! closes the connection.
 #![cfg(feature = "rabbitmq")]
 
 use finsight_bus::rabbitmq::{RabbitConfig, RabbitMq};
@@ -96,4 +98,218 @@ async fn outage_rabbitmq_blocked_broker_times_out_confirms_and_counts_them() {
             .unwrap()
             .is_confirmed()
     );
+}
+
+/// A channel on a connection of its own, to change the broker behind the
+/// bus's back (as an operator or another service would).
+async fn admin_channel() -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(
+        &finsight_testkit::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("RabbitMQ at FINSIGHT_AMQP_URL");
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Polls `cond` every 20 ms for at most `secs` seconds.
+async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 50 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// The dead-letter queue lost its binding on the broker (the topology was
+/// declared correctly, then changed by hand). A dead letter is then
+/// unroutable; with `mandatory` the broker returns it instead of confirming
+/// it, so the original is not acked but requeued (after the retry delay)
+/// and counted, and it reaches the dead-letter queue once the binding is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_queue_without_its_binding_loses_no_message() {
+    let mut cfg = RabbitConfig::new(finsight_testkit::amqp_url());
+    cfg.dead_letter_retry_delay = Duration::from_millis(200);
+    let (t, bus, queue) = bus(cfg, None).await;
+    let topology = bus.topology().clone();
+    let (_admin, ch) = admin_channel().await;
+    ch.queue_unbind(
+        topology.dead_letter_queue.name.as_str().into(),
+        topology.dead_letter_exchange.name.as_str().into(),
+        topology.dead_letter_queue.bindings[0].as_str().into(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c2 = calls.clone();
+    let router = Router::new().on("boom", move |_ctx: Context| {
+        c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Err(HandlerError::msg("always fails")) }
+    });
+    let consumer = bus
+        .consumer(&queue, router)
+        .retry(RetryPolicy::none())
+        .start()
+        .unwrap();
+    let env = Envelope::new("boom", &1).unwrap();
+    assert!(bus.publish(&env).await.unwrap().is_confirmed());
+    // Handled, not dead-lettered, requeued, handled again: not lost.
+    assert!(
+        eventually(30, || t.dead_letter_failures() >= 2
+            && calls.load(std::sync::atomic::Ordering::SeqCst) >= 2)
+        .await,
+        "failures {}, calls {:?}, {:?}",
+        t.dead_letter_failures(),
+        calls,
+        consumer.stats()
+    );
+    let st = consumer.stats();
+    assert_eq!((st.acked, st.dead_lettered), (0, 0), "{st:?}");
+    assert!(st.dead_letter_failures >= 1, "{st:?}");
+    assert_eq!(bus.health().await.dead_letter_depth, Some(0));
+    // The binding is back (as on the next start): the message lands in the
+    // dead-letter queue.
+    t.declare(&topology).await.unwrap();
+    assert!(
+        eventually(30, || consumer.stats().dead_lettered == 1).await,
+        "{:?}",
+        consumer.stats()
+    );
+    let mut depth = None;
+    for _ in 0..100 {
+        depth = bus.health().await.dead_letter_depth;
+        if depth == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(depth, Some(1));
+    let st = consumer.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(st.acked, 0, "{st:?}");
+}
+
+/// The lock the testkit's outage guards take (`$TMPDIR/finsight-outage.lock`):
+/// no other fault test runs while this one cuts connections.
+fn outage_lock() -> std::fs::File {
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("finsight-outage.lock"))
+        .unwrap();
+    file.lock().unwrap();
+    file
+}
+
+/// Closes the broker side of the connection named `name`
+/// (`rabbitmqctl close_connection`).
+fn force_close(name: &str) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "--quiet"])
+        .args(["--no-table-headers"])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .lines()
+        .find(|l| l.contains(&format!("\"{name}\"")))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("no connection named {name} in {text}"));
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "close_connection",
+            pid.trim(),
+            "finsight-bus reconnect test",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// After the broker closes the bus's connection, the next use reconnects
+/// and re-declares the topology before anything else: the consumer queue,
+/// deleted meanwhile, exists again with its binding, publishing is routed
+/// and the consumer re-subscribes. Named `outage_*`: it uses `rabbitmqctl`
+/// and runs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_rabbitmq_forced_close_redeclares_topology_and_resubscribes() {
+    let _lock = tokio::task::spawn_blocking(outage_lock).await.unwrap();
+    let name = finsight_testkit::unique("finsight-bus-reconnect");
+    let mut cfg = RabbitConfig::new(finsight_testkit::amqp_url());
+    cfg.connection_name = name.clone();
+    let (t, bus, queue) = bus(cfg, None).await;
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let h2 = handled.clone();
+    let router = Router::new().on("e", move |_ctx: Context| {
+        h2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    let consumer = bus
+        .consumer(&queue, router)
+        .resubscribe_backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .start()
+        .unwrap();
+    let handled_now = || handled.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        bus.publish(&Envelope::new("e", &0).unwrap())
+            .await
+            .unwrap()
+            .is_confirmed()
+    );
+    assert!(eventually(30, || handled_now() == 1).await);
+    // The queue goes away while the connection is up: publishing is
+    // unroutable now.
+    let (_admin, ch) = admin_channel().await;
+    ch.queue_delete(
+        queue.as_str().into(),
+        lapin::options::QueueDeleteOptions::default(),
+    )
+    .await
+    .unwrap();
+    let env = Envelope::new("e", &1).unwrap();
+    assert!(
+        matches!(
+            bus.publish(&env).await.unwrap(),
+            PublishOutcome::Unroutable { .. }
+        ),
+        "queue not deleted"
+    );
+    let reconnects = bus.health().await.reconnects;
+    tokio::task::spawn_blocking(move || force_close(&name))
+        .await
+        .unwrap();
+    // Publish until confirmed: the first attempts may still meet the
+    // closing connection.
+    let mut last = None;
+    for _ in 0..300 {
+        match bus.publish(&env).await {
+            Ok(PublishOutcome::Confirmed) => {
+                last = None;
+                break;
+            }
+            other => last = Some(other),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        last.is_none(),
+        "never confirmed after reconnecting: {last:?}"
+    );
+    assert!(
+        eventually(60, || handled_now() >= 2).await,
+        "not consumed after reconnecting: {:?}",
+        consumer.stats()
+    );
+    let h = bus.health().await;
+    assert!(h.reconnects > reconnects, "{h:?}");
+    assert_eq!(h.state, ConnectionState::Connected, "{h:?}");
+    let st = consumer.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(st.subscriptions >= 2, "{st:?}");
+    assert_eq!(t.reconnects(), h.reconnects);
 }

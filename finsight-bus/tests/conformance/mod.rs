@@ -97,7 +97,11 @@ async fn dead_len(d: &Dead) -> usize {
 }
 
 async fn wait_dead(d: &Dead, n: usize) -> bool {
-    for _ in 0..1500 {
+    wait_dead_for(d, n, 15).await
+}
+
+async fn wait_dead_for(d: &Dead, n: usize, secs: u64) -> bool {
+    for _ in 0..secs * 100 {
         if dead_len(d).await >= n {
             return true;
         }
@@ -533,6 +537,116 @@ pub async fn pipelined_sends_all_confirm(t: Transport_) {
     c.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// A dead letter the broker cannot route (the queue's dead-letter routing
+/// key has no binding on the dead-letter exchange) must not cost the
+/// message: the original is not acknowledged, the failure is counted, and
+/// once the binding exists the message reaches the dead-letter queue.
+pub async fn unroutable_dead_letter_keeps_the_message(t: Transport_) {
+    let prefix = finsight_testkit::unique("conf");
+    let queue = finsight_testkit::unique("q");
+    let mut topology = Topology::prefixed(&prefix).consumer_queue(&queue);
+    topology.queue_mut(&queue).unwrap().dead_letter_routing_key = Some("dead.unbound".into());
+    let bus = Bus::connect_shared(t.clone(), topology.clone(), queue.clone())
+        .await
+        .expect("declare");
+    let s = Setup {
+        dlq: topology.dead_letter_queue.name.clone(),
+        bus,
+        queue: queue.clone(),
+        service: queue.clone(),
+    };
+    let calls = Arc::new(AtomicU32::new(0));
+    let c2 = calls.clone();
+    let router = Router::new().on("boom", move |_ctx: Context| {
+        let c = c2.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Err(HandlerError::msg("always fails"))
+        }
+    });
+    let c = s
+        .bus
+        .consumer(&s.queue, router)
+        .retry(RetryPolicy::none())
+        .start()
+        .unwrap();
+    let (d, dead) = dlq_consumer(&s, &["boom"]);
+    let env = Envelope::new("boom", &1).unwrap();
+    assert!(s.bus.publish(&env).await.unwrap().is_confirmed());
+    // The dead letter has nowhere to go: the failure is counted and the
+    // original is neither acknowledged nor counted as dead-lettered.
+    assert!(
+        eventually(30, || {
+            let st = c.stats();
+            st.dead_letter_failures + st.settle_errors >= 1
+        })
+        .await,
+        "{:?}",
+        c.stats()
+    );
+    let st = c.stats();
+    assert_eq!((st.acked, st.dead_lettered), (0, 0), "{st:?}");
+    assert_eq!(dead_len(&dead).await, 0);
+    // Repair the route: the kept message is handled again and now lands in
+    // the dead-letter queue.
+    let mut fixed = topology.clone();
+    fixed.dead_letter_queue.bindings.push("dead.unbound".into());
+    t.declare(&fixed)
+        .await
+        .expect("declare the missing binding");
+    assert!(
+        wait_dead_for(&dead, 1, 90).await,
+        "message lost: {:?}",
+        c.stats()
+    );
+    let raw = dead.lock().await[0].clone();
+    let m = Envelope::from_message(&raw).unwrap();
+    assert_eq!(m.message_id(), env.message_id());
+    assert!(raw.headers[HEADER_DEAD_LETTER_REASON].contains("always fails"));
+    assert!(calls.load(Ordering::SeqCst) >= 2);
+    assert!(eventually(10, || c.stats().dead_lettered == 1).await);
+    let st = c.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(st.acked, 0, "{st:?}");
+    d.abort();
+}
+
+/// `close` flushes what was sent but not yet confirmed: every pending
+/// confirm resolves `Confirmed`, nothing stays unconfirmed, and every
+/// message is in the queue for the next consumer.
+pub async fn close_flushes_pending_confirms(t: Transport_) {
+    const N: i64 = 400;
+    let s = setup(t).await;
+    let mut pending = Vec::new();
+    for i in 0..N {
+        // Not awaited: with a confirm window below N, many are in flight
+        // when `close` starts.
+        pending.push(s.bus.send(&Envelope::new("e", &i).unwrap()).await.unwrap());
+    }
+    s.bus.close(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s.bus.health().await.unconfirmed, 0);
+    for p in pending {
+        assert_eq!(p.await, PublishOutcome::Confirmed);
+    }
+    // A fresh consumer (on a networked backend, a new connection) gets all.
+    let seen: Seen = Arc::default();
+    let c = s
+        .bus
+        .consumer(&s.queue, Router::new().on("e", capture(&seen)))
+        .start()
+        .unwrap();
+    assert!(wait_len(&seen, N as usize).await, "{}", len(&seen).await);
+    let mut ns: Vec<i64> = seen
+        .lock()
+        .await
+        .iter()
+        .map(|e| e.decode::<i64>().unwrap())
+        .collect();
+    ns.sort_unstable();
+    ns.dedup();
+    assert_eq!(ns, (0..N).collect::<Vec<_>>());
+    c.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
 #[macro_export]
 macro_rules! conformance_suite {
     ($transport:expr) => {
@@ -549,7 +663,9 @@ macro_rules! conformance_suite {
             duplicate_filter_skips_seen_ids,
             health_reports_depths,
             graceful_shutdown_finishes_in_flight,
-            pipelined_sends_all_confirm
+            pipelined_sends_all_confirm,
+            unroutable_dead_letter_keeps_the_message,
+            close_flushes_pending_confirms
         );
     };
     (@tests $transport:expr; $($name:ident),*) => {
