@@ -5,6 +5,12 @@
 //!
 //! `cargo bench -p finsight-benches --bench bus` (RabbitMQ and Redis must
 //! run; `FINSIGHT_BUS_BENCH_N` overrides the message count).
+//!
+//! The RabbitMQ comparison runs in rounds (`FINSIGHT_BUS_BENCH_ROUNDS`,
+//! default 3, fewer when the next round would take the RabbitMQ part past
+//! `RABBIT_BUDGET`), alternating which of the two goes first so neither
+//! always meets the broker warm (or still busy with the other's queue); each
+//! figure recorded is the median over the rounds.
 
 use finsight_benches::{Record, record, reset};
 use finsight_bus::rabbitmq::{RabbitConfig, RabbitMq};
@@ -326,6 +332,83 @@ async fn rabbit_raw(n: u64) -> Run {
     }
 }
 
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 0 {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
+
+/// Each field the median over `runs`.
+fn median_run(runs: &[Run]) -> Run {
+    let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    Run {
+        end_to_end: m(|r| r.end_to_end),
+        publish: m(|r| r.publish),
+        p50_us: m(|r| r.p50_us),
+        p99_us: m(|r| r.p99_us),
+    }
+}
+
+/// Time the RabbitMQ comparison may take: no round starts that would end
+/// after it (judged by the slowest round so far).
+const RABBIT_BUDGET: Duration = Duration::from_secs(170);
+
+/// Raw lapin and the bus in alternating order, round after round; returns
+/// (ours, raw) as medians over the rounds.
+async fn rabbit_rounds(n: u64) -> (Run, Run) {
+    let rounds: usize = std::env::var("FINSIGHT_BUS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round > 0 && start.elapsed() + slowest > RABBIT_BUDGET {
+            println!("rabbitmq: stopping after {round} rounds (time budget)");
+            break;
+        }
+        let t = Instant::now();
+        let (o, r) = if round % 2 == 0 {
+            let r = rabbit_raw(n).await;
+            (rabbit_bus(n).await, r)
+        } else {
+            let o = rabbit_bus(n).await;
+            (o, rabbit_raw(n).await)
+        };
+        slowest = slowest.max(t.elapsed());
+        println!(
+            "rabbitmq round {} ({} first): finsight {:.0} msg/s e2e ({:.0} publish), raw lapin {:.0} msg/s e2e ({:.0} publish); ratio {:.2}",
+            round + 1,
+            if round % 2 == 0 { "raw" } else { "finsight" },
+            o.end_to_end,
+            o.publish,
+            r.end_to_end,
+            r.publish,
+            o.end_to_end / r.end_to_end
+        );
+        ours.push(o);
+        raw.push(r);
+    }
+    let ratios: Vec<f64> = ours
+        .iter()
+        .zip(&raw)
+        .map(|(o, r)| o.end_to_end / r.end_to_end)
+        .collect();
+    println!(
+        "rabbitmq: median of the per-round e2e ratios {:.2} over {} rounds",
+        median(ratios),
+        ours.len()
+    );
+    (median_run(&ours), median_run(&raw))
+}
+
 fn chrono_like_now() -> String {
     finsight_bus::format_timestamp(&Envelope::new("t", &0).unwrap().timestamp())
 }
@@ -391,10 +474,9 @@ fn main() {
             return;
         }
 
-        let raw = rabbit_raw(n).await;
-        let ours = rabbit_bus(n).await;
+        let (ours, raw) = rabbit_rounds(n).await;
         println!(
-            "rabbitmq: finsight {:.0} msg/s e2e ({:.0} publish), raw lapin {:.0} msg/s e2e ({:.0} publish); ratio {:.2}",
+            "rabbitmq (medians): finsight {:.0} msg/s e2e ({:.0} publish), raw lapin {:.0} msg/s e2e ({:.0} publish); ratio {:.2}",
             ours.end_to_end, ours.publish, raw.end_to_end, raw.publish, ours.end_to_end / raw.end_to_end
         );
         let peer = "raw lapin (same window/prefetch)";
