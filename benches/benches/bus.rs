@@ -336,7 +336,7 @@ async fn rabbit_raw(n: u64) -> Run {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 0 {
+    if v.len().is_multiple_of(2) {
         (v[m - 1] + v[m]) / 2.0
     } else {
         v[m]
@@ -375,7 +375,7 @@ async fn rabbit_rounds(n: u64) -> (Run, Run) {
             break;
         }
         let t = Instant::now();
-        let (o, r) = if round % 2 == 0 {
+        let (o, r) = if round.is_multiple_of(2) {
             let r = rabbit_raw(n).await;
             (rabbit_bus(n).await, r)
         } else {
@@ -386,7 +386,11 @@ async fn rabbit_rounds(n: u64) -> (Run, Run) {
         println!(
             "rabbitmq round {} ({} first): finsight {:.0} msg/s e2e ({:.0} publish), raw lapin {:.0} msg/s e2e ({:.0} publish); ratio {:.2}",
             round + 1,
-            if round % 2 == 0 { "raw" } else { "finsight" },
+            if round.is_multiple_of(2) {
+                "raw"
+            } else {
+                "finsight"
+            },
             o.end_to_end,
             o.publish,
             r.end_to_end,
