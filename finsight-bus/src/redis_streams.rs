@@ -9,31 +9,66 @@
 //!   plus its kind in `<prefix>x:<exchange>`; publishing routes the routing
 //!   key through the bindings (topic `*` / `#`) and `XADD`s to every matching
 //!   stream with `MAXLEN ~` [`RedisStreamsConfig::max_len`] (bounded memory);
-//!   no match is [`PublishOutcome::Unroutable`];
+//!   no match is [`PublishOutcome::Unroutable`]; an `XADD` that Redis refuses
+//!   (`OOM`, `WRONGTYPE`, …) is [`PublishOutcome::Nacked`] for that message
+//!   only, the others of the same pipelined batch keep their own outcome;
 //! * queue arguments live in `<prefix>qa:<queue>`, so declaring a queue with
 //!   other arguments is [`Error::TopologyMismatch`] naming the argument;
 //! * dead-lettering `XADD`s the message to the stream bound to the queue's
-//!   dead-letter exchange with its dead-letter routing key, then `XACK`s;
+//!   dead-letter exchange with its dead-letter routing key and `XACK`s the
+//!   original only once that write is confirmed. If it is not (no stream
+//!   bound for the key, the key is not a stream, `OOM`, connection lost),
+//!   the original stays pending — it is delivered again after
+//!   [`RedisStreamsConfig::claim_min_idle`] or when its consumer subscribes
+//!   again — and the failure is logged at `error` level and counted in
+//!   [`RedisStreams::dead_letter_failures`]. (RabbitMQ drops a dead letter its
+//!   DLX cannot route; this backend keeps the message instead.)
 //!   `x-message-ttl` is honoured at read time (entry id time older than the
 //!   TTL → dead-letter with `x-first-death-reason: expired`);
-//! * stuck entries (pending longer than [`RedisStreamsConfig::claim_min_idle`],
-//!   e.g. from a crashed replica) are taken over with `XAUTOCLAIM`; an entry
-//!   delivered more than [`RedisStreamsConfig::delivery_limit`] times is
-//!   dead-lettered with reason `delivery-limit`;
+//! * every redelivery reports the real delivery count from the pending list
+//!   (`XPENDING`), and an entry delivered more than
+//!   [`RedisStreamsConfig::delivery_limit`] times is dead-lettered with reason
+//!   `delivery-limit` instead of delivered — both when it is taken over from
+//!   a stuck consumer (idle longer than [`RedisStreamsConfig::claim_min_idle`],
+//!   `XAUTOCLAIM`) and when a consumer re-reads its own pending entries on
+//!   subscribe (a process that crashes on a message and restarts under the
+//!   same consumer name, e.g. the default `finsight-<pid>` in a container,
+//!   where the pid is always 1);
 //! * the pending list is bounded: a consumer reads only as many entries as
-//!   it has free prefetch slots.
+//!   it has free prefetch slots, so the group's pending entries never exceed
+//!   the sum of its consumers' prefetch.
 //!
 //! Publishing goes through one writer task that pipelines up to
 //! [`RedisStreamsConfig::publish_window`] `XADD`s per round trip, in order.
-//! A confirmed publish means Redis accepted the write; durability is that of
-//! the server's persistence settings (AOF / RDB).
 //!
-//! After a reconnect the consumer re-reads its own pending entries first
-//! (`XREADGROUP … 0`), and the topology (groups, bindings) is re-declared if
-//! the server lost it (a restart without persistence). The shared
-//! connection reconnects transparently (redis-rs `ConnectionManager`), so
-//! [`Health::reconnects`] counts those re-declarations, and
-//! [`Health::state`] is the result of a `PING`.
+//! # Durability
+//!
+//! A confirmed publish means Redis accepted the entry **in memory**. It
+//! survives a Redis restart only if the server persists every write before
+//! answering (`appendonly yes` with `appendfsync always`); with the default
+//! `appendfsync everysec` up to about a second of confirmed entries can be
+//! lost on a crash, and without persistence a restart loses every stream
+//! (entries not yet consumed included) and the topology, which is then
+//! declared again (see below).
+//!
+//! # Connections and `Health`
+//!
+//! Publishing, acks and health use one shared connection (redis-rs
+//! `ConnectionManager`, named `finsight-bus:<key_prefix>` in `CLIENT LIST`),
+//! which reconnects by itself after an error. [`Health::reconnects`] counts
+//! how often that connection was re-established: after a connection error
+//! the transport probes it (`CLIENT GETNAME`, every 50 ms to 2 s) and counts
+//! one reconnect when the probe answers on a new connection — so several
+//! failed commands during one outage count once, and an error that did not
+//! replace the connection counts nothing. Where `CLIENT` commands are not
+//! allowed (ACL, renamed), it counts each outage that ended instead. Each
+//! subscription reads on a connection of its own, opened on every
+//! (re)subscribe; those are counted by the consumer
+//! ([`crate::ConsumerStats::subscriptions`]), not here. [`Health::state`] is
+//! the result of that probe. After a reconnect the consumer re-reads its own
+//! pending entries first (`XREADGROUP … 0`), and the topology (groups,
+//! bindings) is re-declared if the server lost it (a restart without
+//! persistence; counted in [`RedisStreams::topology_redeclares`]).
 
 use crate::envelope::{Headers, Message};
 use crate::error::{Error, Result};
@@ -52,10 +87,10 @@ use redis::streams::{
 use redis::{AsyncCommands, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 /// Redis Streams backend settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +109,10 @@ pub struct RedisStreamsConfig {
     pub claim_min_idle: Duration,
     /// How often a consumer looks for stuck entries (default 5 s).
     pub claim_interval: Duration,
-    /// Deliveries after which a reclaimed entry is dead-lettered (default 5).
+    /// Deliveries an entry may have (default 5): one delivered more often
+    /// (taken over from a stuck consumer, or re-read by its own consumer on
+    /// subscribe) is dead-lettered with reason `delivery-limit` instead of
+    /// delivered again.
     pub delivery_limit: u32,
     /// Publishes in flight at most (default 256).
     pub publish_window: usize,
@@ -126,6 +164,16 @@ struct Inner {
     writer: mpsc::Sender<Write>,
     unconfirmed: AtomicU64,
     redeclares: AtomicU64,
+    /// Times the shared connection was re-established (see the module docs).
+    reconnects: AtomicU64,
+    /// A probe task watches the shared connection after an error.
+    probing: AtomicBool,
+    /// One probe at a time, so a new connection is counted once.
+    probe_lock: tokio::sync::Mutex<()>,
+    /// `CLIENT SETNAME` of the shared connection.
+    client_name: String,
+    /// Dead letters that could not be written (original left pending).
+    dead_letter_failures: AtomicU64,
     /// Bindings per exchange, re-read after `binding_refresh`; one entry per
     /// exchange published to.
     bindings: parking_lot::Mutex<HashMap<String, Bindings>>,
@@ -145,6 +193,96 @@ struct Write {
     done: oneshot::Sender<PublishOutcome>,
     /// Window slot, freed when the write is answered.
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// `finsight-bus:<key_prefix>`, with what `CLIENT SETNAME` refuses (spaces,
+/// control characters, non-ASCII) replaced by `_`.
+fn connection_name(prefix: &str) -> String {
+    let prefix: String = prefix
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    format!("finsight-bus:{prefix}")
+}
+
+/// An error after which redis-rs replaces the connection.
+fn breaks_connection(e: &redis::RedisError) -> bool {
+    e.is_unrecoverable_error() || e.is_io_error()
+}
+
+/// What a probe of the shared connection found.
+enum Probe {
+    /// The named connection answered.
+    Same,
+    /// A new connection answered (and is named now): one reconnect.
+    New,
+    /// `CLIENT` is not allowed; `PING` answered.
+    Unknown,
+}
+
+/// Asks the shared connection who it is; a connection without our name is
+/// a new one: counted in `reconnects`.
+async fn probe(inner: &Inner) -> redis::RedisResult<Probe> {
+    let _one = inner.probe_lock.lock().await;
+    let mut c = inner.conn.clone();
+    let name: redis::RedisResult<Option<String>> = redis::cmd("CLIENT")
+        .arg("GETNAME")
+        .query_async(&mut c)
+        .await;
+    match name {
+        Ok(Some(_)) => Ok(Probe::Same),
+        Ok(None) => {
+            let () = redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(&inner.client_name)
+                .query_async(&mut c)
+                .await?;
+            let n = inner.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+            info!(reconnects = n, "redis connection re-established");
+            Ok(Probe::New)
+        }
+        Err(e) if breaks_connection(&e) => Err(e),
+        Err(_) => {
+            let _: String = redis::cmd("PING").query_async(&mut c).await?;
+            Ok(Probe::Unknown)
+        }
+    }
+}
+
+/// Notes an error of the shared connection: if it replaces the connection,
+/// one task probes it until it answers (see the module docs).
+fn note_error(inner: &Arc<Inner>, e: &redis::RedisError) {
+    if breaks_connection(e) && !inner.probing.swap(true, Ordering::AcqRel) {
+        tokio::spawn(watch_reconnect(Arc::downgrade(inner)));
+    }
+}
+
+async fn watch_reconnect(inner: std::sync::Weak<Inner>) {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(i) = inner.upgrade() else { return };
+        match probe(&i).await {
+            Ok(p) => {
+                if matches!(p, Probe::Unknown) {
+                    let n = i.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+                    info!(reconnects = n, "redis connection answers again");
+                }
+                i.probing.store(false, Ordering::Release);
+                return;
+            }
+            Err(e) if breaks_connection(&e) => {
+                debug!(error = %e, retry_in = ?delay, "redis still unreachable");
+            }
+            Err(e) => {
+                debug!(error = %e, "redis probe failed");
+                i.probing.store(false, Ordering::Release);
+                return;
+            }
+        }
+        drop(i);
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
 }
 
 fn lost(op: &str, e: &redis::RedisError) -> Error {
@@ -175,6 +313,7 @@ impl RedisStreams {
             .await
             .map_err(connect)?;
         let (tx, rx) = mpsc::channel(config.publish_window);
+        let client_name = connection_name(&config.key_prefix);
         let inner = Arc::new(Inner {
             window: Arc::new(Semaphore::new(config.publish_window)),
             config,
@@ -184,8 +323,22 @@ impl RedisStreams {
             writer: tx,
             unconfirmed: AtomicU64::new(0),
             redeclares: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            probe_lock: tokio::sync::Mutex::new(()),
+            client_name,
+            dead_letter_failures: AtomicU64::new(0),
             bindings: parking_lot::Mutex::new(HashMap::new()),
         });
+        // Names the connection, so a probe can tell a new one (no name) from it.
+        let named: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&inner.client_name)
+            .query_async(&mut inner.conn.clone())
+            .await;
+        if let Err(e) = named {
+            debug!(error = %e, "CLIENT SETNAME refused; reconnects are counted per outage");
+        }
         tokio::spawn(writer(
             conn,
             rx,
@@ -193,6 +346,33 @@ impl RedisStreams {
             Arc::downgrade(&inner),
         ));
         Ok(Self { inner })
+    }
+
+    /// The error for a failed command on the shared connection; starts the
+    /// reconnect probe when the connection broke.
+    fn failed(&self, op: &str, e: &redis::RedisError) -> Error {
+        note_error(&self.inner, e);
+        lost(op, e)
+    }
+
+    /// How often the shared connection was re-established (the same number
+    /// as [`Health::reconnects`]; see the module docs). Free: one atomic load.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// How often the topology was declared again because Redis had lost it
+    /// (a restart without persistence). Free: one atomic load.
+    pub fn topology_redeclares(&self) -> u64 {
+        self.inner.redeclares.load(Ordering::Relaxed)
+    }
+
+    /// Dead letters that could not be written (no stream bound for the
+    /// dead-letter routing key, the key is not a stream, `OOM`, connection
+    /// lost); each left its original pending, to be tried again. Free: one
+    /// atomic load.
+    pub fn dead_letter_failures(&self) -> u64 {
+        self.inner.dead_letter_failures.load(Ordering::Relaxed)
     }
 
     fn key(&self, kind: &str, name: &str) -> String {
@@ -210,8 +390,11 @@ impl RedisStreams {
             let _: () = c
                 .hset_nx(&key, "kind", ex.kind.as_str())
                 .await
-                .map_err(|e| lost("HSETNX", &e))?;
-            let have: Option<String> = c.hget(&key, "kind").await.map_err(|e| lost("HGET", &e))?;
+                .map_err(|e| self.failed("HSETNX", &e))?;
+            let have: Option<String> = c
+                .hget(&key, "kind")
+                .await
+                .map_err(|e| self.failed("HGET", &e))?;
             if have.as_deref().is_some_and(|k| k != ex.kind.as_str()) {
                 return Err(Error::TopologyMismatch {
                     object: format!("exchange `{}`", ex.name),
@@ -223,13 +406,15 @@ impl RedisStreams {
         for (ex, q) in t.bound_queues() {
             let key = self.key("qa", &q.name);
             let want = queue_args(q);
-            let have: HashMap<String, String> =
-                c.hgetall(&key).await.map_err(|e| lost("HGETALL", &e))?;
+            let have: HashMap<String, String> = c
+                .hgetall(&key)
+                .await
+                .map_err(|e| self.failed("HGETALL", &e))?;
             if have.is_empty() {
                 let _: () = c
                     .hset_multiple(&key, &want)
                     .await
-                    .map_err(|e| lost("HSET", &e))?;
+                    .map_err(|e| self.failed("HSET", &e))?;
             } else {
                 for (k, v) in &want {
                     if have.get(k) != Some(v) {
@@ -252,7 +437,7 @@ impl RedisStreams {
             if let Err(e) = r
                 && e.code() != Some("BUSYGROUP")
             {
-                return Err(lost("XGROUP CREATE", &e));
+                return Err(self.failed("XGROUP CREATE", &e));
             }
             let members: Vec<String> = q
                 .bindings
@@ -263,7 +448,7 @@ impl RedisStreams {
                 let _: () = c
                     .sadd(self.key("b", &ex.name), members)
                     .await
-                    .map_err(|e| lost("SADD", &e))?;
+                    .map_err(|e| self.failed("SADD", &e))?;
             }
         }
         Ok(())
@@ -279,7 +464,7 @@ impl RedisStreams {
         let exists: bool = c
             .exists(self.key("x", &t.exchange.name))
             .await
-            .map_err(|e| lost("EXISTS", &e))?;
+            .map_err(|e| self.failed("EXISTS", &e))?;
         if !exists {
             warn!("redis lost the bus topology (restart?); re-declaring it");
             self.inner.redeclares.fetch_add(1, Ordering::Relaxed);
@@ -315,7 +500,7 @@ impl RedisStreams {
         let kind: Option<String> = c
             .hget(self.key("x", exchange), "kind")
             .await
-            .map_err(|e| lost("HGET", &e))?;
+            .map_err(|e| self.failed("HGET", &e))?;
         let kind = match kind.as_deref() {
             Some("topic") => ExchangeKind::Topic,
             Some("direct") => ExchangeKind::Direct,
@@ -341,7 +526,7 @@ impl RedisStreams {
         let members: Vec<String> = c
             .smembers(self.key("b", exchange))
             .await
-            .map_err(|e| lost("SMEMBERS", &e))?;
+            .map_err(|e| self.failed("SMEMBERS", &e))?;
         let routes = members
             .iter()
             .filter_map(|m| m.split_once('\n'))
@@ -497,6 +682,8 @@ async fn writer(
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
+        // One reply per XADD: a refused one fails its own message only.
+        pipe.ignore_errors();
         for w in &batch {
             let fields = entry_fields(&w.message);
             for s in &w.streams {
@@ -509,23 +696,47 @@ async fn writer(
                 for (k, v) in &fields {
                     pipe.arg(k).arg(v.as_slice());
                 }
-                pipe.ignore();
             }
         }
-        let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
-        let outcome = match r {
-            Ok(()) => PublishOutcome::Confirmed,
-            Err(e) => {
-                warn!(error = %e, n = batch.len(), "XADD batch failed");
-                PublishOutcome::ConnectionLost
-            }
-        };
-        if let Some(i) = inner.upgrade() {
+        let r: redis::RedisResult<Vec<redis::RedisResult<Value>>> =
+            pipe.query_async(&mut conn).await;
+        let strong = inner.upgrade();
+        if let Some(i) = &strong {
             i.unconfirmed
                 .fetch_sub(batch.len() as u64, Ordering::Relaxed);
         }
-        for w in batch.drain(..) {
-            let _ = w.done.send(outcome.clone());
+        match r {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                for w in batch.drain(..) {
+                    let mut outcome = PublishOutcome::Confirmed;
+                    for s in &w.streams {
+                        match replies.next() {
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                warn!(stream = %s, error = %e, "XADD refused");
+                                if breaks_connection(&e)
+                                    && let Some(i) = &strong
+                                {
+                                    note_error(i, &e);
+                                }
+                                outcome = PublishOutcome::Nacked;
+                            }
+                            None => outcome = PublishOutcome::ConnectionLost,
+                        }
+                    }
+                    let _ = w.done.send(outcome);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, n = batch.len(), "XADD batch failed");
+                if let Some(i) = &strong {
+                    note_error(i, &e);
+                }
+                for w in batch.drain(..) {
+                    let _ = w.done.send(PublishOutcome::ConnectionLost);
+                }
+            }
         }
     }
 }
@@ -586,12 +797,13 @@ impl Transport for RedisStreams {
 
     fn health(&self) -> BoxFuture<'_, Health> {
         Box::pin(async move {
-            let mut c = self.inner.conn.clone();
-            let ping: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
-            let state = if ping.is_ok() {
-                ConnectionState::Connected
-            } else {
-                ConnectionState::Reconnecting
+            let c = self.inner.conn.clone();
+            let state = match probe(&self.inner).await {
+                Ok(_) => ConnectionState::Connected,
+                Err(e) => {
+                    note_error(&self.inner, &e);
+                    ConnectionState::Reconnecting
+                }
             };
             let topology = self.inner.topology.lock().clone();
             let mut queues = Vec::new();
@@ -629,7 +841,7 @@ impl Transport for RedisStreams {
             }
             Health {
                 state,
-                reconnects: self.inner.redeclares.load(Ordering::Relaxed),
+                reconnects: self.inner.reconnects.load(Ordering::Relaxed),
                 unconfirmed: self.inner.unconfirmed.load(Ordering::Relaxed),
                 queues,
                 dead_letter_depth: dlq,
@@ -663,20 +875,48 @@ struct Sub {
 }
 
 impl Sub {
-    /// Dead-letters `m` (from the queue) through the queue's DLX; `Ok(true)` if it landed.
-    async fn dead_letter(&self, mut m: Message) -> Result<bool> {
+    /// Dead-letters `m` (the message of entry `id` of this queue) through
+    /// the queue's DLX with `mandatory` on. `Ok` when the original may be
+    /// acked: the dead letter was written, or the queue has no DLX (dropped,
+    /// as RabbitMQ does). `Err(outcome)` when it was not written
+    /// (unroutable, refused by Redis, connection lost): logged at `error`,
+    /// counted, and the original must stay pending to be tried again.
+    async fn dead_letter(&self, id: &str, mut m: Message) -> std::result::Result<(), String> {
         let Some(dlx) = &self.spec.dead_letter_exchange else {
             warn!(queue = %self.spec.name, "no dead-letter exchange: message dropped");
-            return Ok(true);
+            return Ok(());
         };
         if let Some(k) = &self.spec.dead_letter_routing_key {
             m.routing_key = k.clone();
         }
-        let p = self
+        let routing_key = m.routing_key.clone();
+        let why = match self
             .transport
-            .publish_routed(dlx, m, PublishOptions { mandatory: false })
-            .await?;
-        Ok(p.await.is_confirmed())
+            .publish_routed(dlx, m, PublishOptions { mandatory: true })
+            .await
+        {
+            Ok(p) => match p.await {
+                PublishOutcome::Confirmed => return Ok(()),
+                other => format!("{other:?}"),
+            },
+            Err(e) => e.to_string(),
+        };
+        let failures = self
+            .transport
+            .inner
+            .dead_letter_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        error!(
+            queue = %self.spec.name,
+            id,
+            dead_letter_exchange = %dlx,
+            %routing_key,
+            outcome = %why,
+            failures,
+            "dead letter not written; the entry stays pending and is delivered again later"
+        );
+        Err(why)
     }
 
     async fn xack(&self, id: &str) -> Result<()> {
@@ -684,7 +924,7 @@ impl Sub {
         let _: i64 = c
             .xack(&self.stream, &self.transport.inner.config.group, &[id])
             .await
-            .map_err(|e| lost("XACK", &e))?;
+            .map_err(|e| self.transport.failed("XACK", &e))?;
         Ok(())
     }
 }
@@ -696,7 +936,8 @@ async fn read_loop(
     slots: Arc<Semaphore>,
 ) {
     let cfg = sub.transport.inner.config.clone();
-    // First our own pending entries (after a reconnect), then new ones.
+    // First our own pending entries (after a reconnect or a restart under
+    // the same consumer name), then new ones.
     let mut cursor = "0".to_owned();
     let mut last_claim = tokio::time::Instant::now();
     let r: Result<()> = async {
@@ -730,10 +971,14 @@ async fn read_loop(
                         .arg(u64::try_from(cfg.block.as_millis()).unwrap_or(1000));
                 }
                 cmd.arg("STREAMS").arg(&sub.stream).arg(&cursor);
-                let reply: Option<StreamReadReply> = cmd
-                    .query_async(&mut reader)
-                    .await
-                    .map_err(|e| lost("XREADGROUP", &e))?;
+                let reply: Option<StreamReadReply> = match cmd.query_async(&mut reader).await {
+                    Ok(r) => r,
+                    Err(e) if e.code() == Some("NOGROUP") => {
+                        recreate_group(&sub, &mut reader).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(lost("XREADGROUP", &e)),
+                };
                 let ids: Vec<StreamId> = reply
                     .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
                     .unwrap_or_default();
@@ -743,7 +988,8 @@ async fn read_loop(
                     } else if let Some(last) = ids.last() {
                         cursor = last.id.clone();
                     }
-                    entries.extend(ids.into_iter().map(|i| (i, true, 2)));
+                    // Re-read from our own pending list: delivered before.
+                    entries.extend(redeliveries(&sub, &mut reader, ids).await?);
                 } else {
                     entries.extend(ids.into_iter().map(|i| (i, false, 1)));
                 }
@@ -755,19 +1001,17 @@ async fn read_loop(
                     && now_ms.saturating_sub(ms)
                         >= u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
                 {
-                    {
-                        let mut m = message;
-                        Arc::make_mut(&mut m.headers)
-                            .entry(HEADER_FIRST_DEATH_REASON.into())
-                            .or_insert_with(|| "expired".into());
-                        Arc::make_mut(&mut m.headers)
-                            .entry(HEADER_FIRST_DEATH_QUEUE.into())
-                            .or_insert_with(|| sub.spec.name.clone());
-                        if sub.dead_letter(m).await? {
-                            sub.xack(&entry.id).await?;
-                        }
-                        continue;
+                    let mut m = message;
+                    Arc::make_mut(&mut m.headers)
+                        .entry(HEADER_FIRST_DEATH_REASON.into())
+                        .or_insert_with(|| "expired".into());
+                    Arc::make_mut(&mut m.headers)
+                        .entry(HEADER_FIRST_DEATH_QUEUE.into())
+                        .or_insert_with(|| sub.spec.name.clone());
+                    if sub.dead_letter(&entry.id, m).await.is_ok() {
+                        sub.xack(&entry.id).await?;
                     }
+                    continue;
                 }
                 let Some(one) = permit.split(1) else { break };
                 let d = Delivery {
@@ -792,8 +1036,8 @@ async fn read_loop(
     }
 }
 
-/// `XAUTOCLAIM`s entries idle longer than `claim_min_idle`; dead-letters
-/// those past the delivery limit and returns the others with their counts.
+/// `XAUTOCLAIM`s entries idle longer than `claim_min_idle` (see
+/// [`redeliveries`] for what happens to them).
 async fn reclaim(
     sub: &Sub,
     conn: &mut redis::aio::MultiplexedConnection,
@@ -801,7 +1045,7 @@ async fn reclaim(
 ) -> Result<Vec<(StreamId, bool, u32)>> {
     let cfg = &sub.transport.inner.config;
     let idle = u64::try_from(cfg.claim_min_idle.as_millis()).unwrap_or(u64::MAX);
-    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+    let reply: StreamAutoClaimReply = match redis::cmd("XAUTOCLAIM")
         .arg(&sub.stream)
         .arg(&cfg.group)
         .arg(&sub.consumer)
@@ -811,56 +1055,104 @@ async fn reclaim(
         .arg(count)
         .query_async(conn)
         .await
-        .map_err(|e| lost("XAUTOCLAIM", &e))?;
-    if reply.claimed.is_empty() {
+    {
+        Ok(r) => r,
+        Err(e) if e.code() == Some("NOGROUP") => {
+            recreate_group(sub, conn).await?;
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(lost("XAUTOCLAIM", &e)),
+    };
+    let claimed = reply.claimed.len();
+    let out = redeliveries(sub, conn, reply.claimed).await?;
+    if claimed > 0 {
+        debug!(stream = %sub.stream, claimed, delivering = out.len(), "reclaimed stuck entries");
+    }
+    Ok(out)
+}
+
+/// The stream or its group is gone while the topology is still there (the
+/// key was deleted or evicted, or `XADD` created it again without a group):
+/// creates the group from the start of the stream, so entries added since
+/// are delivered.
+async fn recreate_group(sub: &Sub, conn: &mut redis::aio::MultiplexedConnection) -> Result<()> {
+    warn!(stream = %sub.stream, group = %sub.transport.inner.config.group, "consumer group missing; creating it");
+    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&sub.stream)
+        .arg(&sub.transport.inner.config.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match r {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(lost("XGROUP CREATE", &e)),
+        _ => Ok(()),
+    }
+}
+
+/// Entries this consumer got again (taken over with `XAUTOCLAIM`, or re-read
+/// from its own pending list): each is returned with its real delivery
+/// count, read from the pending list (`XPENDING` per entry, one pipelined
+/// round trip), except
+/// * entries past [`RedisStreamsConfig::delivery_limit`]: dead-lettered with
+///   reason `delivery-limit` (acked once the dead letter is written, else
+///   left pending);
+/// * entries no longer pending (acked meanwhile by a handler of an earlier
+///   subscription): skipped;
+/// * entries deleted from the stream while pending (trimmed by `MAXLEN`):
+///   nothing left to deliver, acked and skipped.
+async fn redeliveries(
+    sub: &Sub,
+    conn: &mut redis::aio::MultiplexedConnection,
+    entries: Vec<StreamId>,
+) -> Result<Vec<(StreamId, bool, u32)>> {
+    if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let first = reply
-        .claimed
-        .first()
-        .map(|e| e.id.clone())
-        .unwrap_or_default();
-    let last = reply
-        .claimed
-        .last()
-        .map(|e| e.id.clone())
-        .unwrap_or_default();
-    let pending: StreamPendingCountReply = redis::cmd("XPENDING")
-        .arg(&sub.stream)
-        .arg(&cfg.group)
-        .arg(&first)
-        .arg(&last)
-        .arg(reply.claimed.len())
-        .arg(&sub.consumer)
+    let cfg = &sub.transport.inner.config;
+    let mut pipe = redis::pipe();
+    for e in &entries {
+        pipe.cmd("XPENDING")
+            .arg(&sub.stream)
+            .arg(&cfg.group)
+            .arg(&e.id)
+            .arg(&e.id)
+            .arg(1);
+    }
+    let pending: Vec<StreamPendingCountReply> = pipe
         .query_async(conn)
         .await
         .map_err(|e| lost("XPENDING", &e))?;
-    let counts: HashMap<&str, usize> = pending
-        .ids
-        .iter()
-        .map(|p| (p.id.as_str(), p.times_delivered))
-        .collect();
-    let mut out = Vec::new();
-    for e in reply.claimed {
-        let n = u32::try_from(counts.get(e.id.as_str()).copied().unwrap_or(1)).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(entries.len());
+    for (e, p) in entries.into_iter().zip(pending) {
+        let Some(n) = p.ids.first().map(|p| p.times_delivered) else {
+            debug!(stream = %sub.stream, id = %e.id, "no longer pending; skipped");
+            continue;
+        };
+        if e.map.is_empty() {
+            warn!(stream = %sub.stream, id = %e.id, "pending entry was trimmed from the stream; acknowledging it");
+            sub.xack(&e.id).await?;
+            continue;
+        }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
         if n > cfg.delivery_limit {
             warn!(stream = %sub.stream, id = %e.id, deliveries = n, "delivery limit reached; dead-lettering");
             let mut m = entry_message(&e);
-            Arc::make_mut(&mut m.headers).insert(
+            let h = Arc::make_mut(&mut m.headers);
+            h.insert(
                 crate::HEADER_DEAD_LETTER_REASON.into(),
                 format!("delivery-limit: delivered {n} times"),
             );
-            Arc::make_mut(&mut m.headers).insert(
+            h.insert(
                 crate::HEADER_DEAD_LETTER_QUEUE.into(),
                 sub.spec.name.clone(),
             );
-            Arc::make_mut(&mut m.headers)
-                .insert(crate::HEADER_DEAD_LETTER_ATTEMPTS.into(), n.to_string());
-            if sub.dead_letter(m).await? {
+            h.insert(crate::HEADER_DEAD_LETTER_ATTEMPTS.into(), n.to_string());
+            if sub.dead_letter(&e.id, m).await.is_ok() {
                 sub.xack(&e.id).await?;
             }
         } else {
-            debug!(stream = %sub.stream, id = %e.id, deliveries = n, "reclaimed stuck entry");
             out.push((e, true, n));
         }
     }
@@ -903,12 +1195,19 @@ impl Acker for RedisAcker {
     fn requeue(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(std::future::ready(Ok(())))
     }
+    /// Acked only once the dead letter is written; otherwise (logged,
+    /// counted in [`RedisStreams::dead_letter_failures`]) left pending — it
+    /// comes back after [`RedisStreamsConfig::claim_min_idle`] or when this
+    /// consumer subscribes again — and this returns
+    /// [`Error::DeadLetterNotStored`].
     fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            if self.sub.dead_letter(message).await? {
-                self.sub.xack(&self.id).await
-            } else {
-                Err(Error::ConnectionLost)
+            match self.sub.dead_letter(&self.id, message).await {
+                Ok(()) => self.sub.xack(&self.id).await,
+                Err(outcome) => Err(Error::DeadLetterNotStored {
+                    queue: self.sub.spec.name.clone(),
+                    outcome,
+                }),
             }
         })
     }

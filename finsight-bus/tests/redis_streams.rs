@@ -1,26 +1,93 @@
 //! Redis Streams specifics on the real Redis: XAUTOCLAIM of stuck entries,
-//! dead-letter stream after the delivery limit, TTL at read time, MAXLEN
-//! trimming.
+//! dead-letter stream after the delivery limit (also for a consumer that
+//! restarts under the same name), dead letters that cannot be written,
+//! bounded pending list, reconnect count, TTL at read time, MAXLEN trimming.
 #![cfg(feature = "redis-streams")]
 
 use finsight_bus::redis_streams::{RedisStreams, RedisStreamsConfig};
 use finsight_bus::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-async fn setup(limit: u32, ttl: Option<Duration>) -> (RedisStreams, Bus, String, String) {
-    let mut cfg = RedisStreamsConfig::new(finsight_testkit::redis_url());
-    cfg.key_prefix = format!("{}:", finsight_testkit::unique("bus-rs"));
-    cfg.claim_min_idle = Duration::from_millis(100);
-    cfg.claim_interval = Duration::from_millis(50);
-    cfg.block = Duration::from_millis(100);
-    cfg.delivery_limit = limit;
-    let t = RedisStreams::connect(cfg).await.unwrap();
+struct Setup {
+    t: RedisStreams,
+    bus: Bus,
+    queue: String,
+    dlq: String,
+    /// `key_prefix` of the transport.
+    prefix: String,
+}
+
+impl Setup {
+    fn stream(&self, queue: &str) -> String {
+        format!("{}q:{queue}", self.prefix)
+    }
+}
+
+async fn setup_with(
+    limit: u32,
+    topo: impl FnOnce(&mut Topology, &str),
+    cfg: impl FnOnce(&mut RedisStreamsConfig),
+) -> Setup {
+    let mut c = RedisStreamsConfig::new(finsight_testkit::redis_url());
+    let prefix = format!("{}:", finsight_testkit::unique("bus-rs"));
+    c.key_prefix = prefix.clone();
+    c.claim_min_idle = Duration::from_millis(100);
+    c.claim_interval = Duration::from_millis(50);
+    c.block = Duration::from_millis(100);
+    c.delivery_limit = limit;
+    cfg(&mut c);
+    let t = RedisStreams::connect(c).await.unwrap();
     let queue = finsight_testkit::unique("q");
-    let mut topo = Topology::prefixed(&finsight_testkit::unique("p")).consumer_queue(&queue);
-    topo.queue_mut(&queue).unwrap().message_ttl = ttl;
-    let dlq = topo.dead_letter_queue.name.clone();
-    let bus = Bus::connect(t.clone(), topo, queue.clone()).await.unwrap();
-    (t, bus, queue, dlq)
+    let mut topology = Topology::prefixed(&finsight_testkit::unique("p")).consumer_queue(&queue);
+    topo(&mut topology, &queue);
+    let dlq = topology.dead_letter_queue.name.clone();
+    let bus = Bus::connect(t.clone(), topology, queue.clone())
+        .await
+        .unwrap();
+    Setup {
+        t,
+        bus,
+        queue,
+        dlq,
+        prefix,
+    }
+}
+
+async fn setup(limit: u32, ttl: Option<Duration>) -> (RedisStreams, Bus, String, String) {
+    let s = setup_with(
+        limit,
+        |t, q| t.queue_mut(q).unwrap().message_ttl = ttl,
+        |_| {},
+    )
+    .await;
+    (s.t, s.bus, s.queue, s.dlq)
+}
+
+/// Reclaiming stuck entries off: only what the tests do redelivers.
+fn no_reclaim(c: &mut RedisStreamsConfig) {
+    c.claim_min_idle = Duration::from_secs(3600);
+    c.claim_interval = Duration::from_secs(3600);
+}
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(finsight_testkit::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The group's pending count (`XPENDING` summary).
+async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> usize {
+    let r: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("finsight")
+        .query_async(conn)
+        .await
+        .unwrap();
+    r.count()
 }
 
 fn opts(name: &str) -> SubscribeOptions {
@@ -165,4 +232,381 @@ async fn streams_are_trimmed_to_about_max_len() {
     // `MAXLEN ~` trims whole radix-tree nodes (`stream-node-max-entries`,
     // 100 by default): the stream keeps between max_len and max_len + 100.
     assert!((10..=110).contains(&len), "XLEN {len} after 1000 sends");
+}
+
+/// A message that crashes its process, restarted under the same consumer
+/// name (the default `finsight-<pid>` is `finsight-1` in every container):
+/// each restart re-reads it from the consumer's own pending list. Its real
+/// delivery count is reported, and past the limit it goes to the
+/// dead-letter stream instead of crashing the process forever.
+#[tokio::test]
+async fn restart_under_the_same_name_counts_deliveries_and_dead_letters_past_the_limit() {
+    let s = setup_with(2, |_, _| {}, no_reclaim).await;
+    let env = Envelope::new("e", &1).unwrap();
+    assert!(s.bus.publish(&env).await.unwrap().is_confirmed());
+    for n in 1..=2 {
+        let mut sub = s.t.subscribe(&s.queue, opts("finsight-1")).await.unwrap();
+        let d = next(&mut sub).await;
+        assert_eq!(d.message.message_id.as_deref(), Some(env.message_id()));
+        assert_eq!((d.delivery_count, d.redelivered), (n, n > 1));
+        // The process dies while handling it: never settled.
+        drop(d);
+        sub.cancel().await.unwrap();
+    }
+    let mut again = s.t.subscribe(&s.queue, opts("finsight-1")).await.unwrap();
+    let mut d = s.t.subscribe(&s.dlq, opts("dlq")).await.unwrap();
+    let dead = next(&mut d).await;
+    assert_eq!(dead.message.message_id.as_deref(), Some(env.message_id()));
+    let h = &dead.message.headers;
+    assert_eq!(
+        h[HEADER_DEAD_LETTER_REASON],
+        "delivery-limit: delivered 3 times"
+    );
+    assert_eq!(h[HEADER_DEAD_LETTER_QUEUE], s.queue);
+    assert_eq!(h[HEADER_DEAD_LETTER_ATTEMPTS], "3");
+    assert_eq!(h[HEADER_EVENT_TYPE], "e");
+    dead.acker.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), again.next())
+            .await
+            .is_err(),
+        "a message past the limit must not be delivered again"
+    );
+    let mut c = raw().await;
+    assert_eq!(pending(&mut c, &s.stream(&s.queue)).await, 0);
+    assert_eq!(s.t.dead_letter_failures(), 0);
+}
+
+/// The dead-letter stream's key holds a plain string, so the dead letter's
+/// `XADD` fails (`WRONGTYPE`): the original is not acked but stays pending,
+/// the failure is counted, and once the key is usable again the next
+/// redelivery past the limit lands in the dead-letter stream.
+#[tokio::test]
+async fn dead_letter_that_redis_refuses_leaves_the_original_pending() {
+    let s = setup_with(1, |_, _| {}, no_reclaim).await;
+    let dlq_key = s.stream(&s.dlq);
+    let mut c = raw().await;
+    let () = redis::cmd("DEL")
+        .arg(&dlq_key)
+        .query_async(&mut c)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(&dlq_key)
+        .arg("not a stream")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let env = Envelope::new("e", &1).unwrap();
+    assert!(s.bus.publish(&env).await.unwrap().is_confirmed());
+    let queue_key = s.stream(&s.queue);
+
+    // 1. The consumer engine's dead-letter (handler failed for good).
+    let mut sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
+    let d = next(&mut sub).await;
+    let err = d.acker.dead_letter(d.message).await.unwrap_err();
+    assert!(matches!(err, Error::DeadLetterNotStored { .. }), "{err:?}");
+    assert_eq!(s.t.dead_letter_failures(), 1);
+    assert_eq!(
+        pending(&mut c, &queue_key).await,
+        1,
+        "original must stay pending"
+    );
+    sub.cancel().await.unwrap();
+
+    // 2. Past the delivery limit on re-subscribe: dead letter refused again.
+    let mut sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
+    for _ in 0..500 {
+        if s.t.dead_letter_failures() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.t.dead_letter_failures(), 2);
+    assert_eq!(
+        pending(&mut c, &queue_key).await,
+        1,
+        "original must stay pending"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), sub.next())
+            .await
+            .is_err()
+    );
+    sub.cancel().await.unwrap();
+
+    // 3. The key is usable again (the group is created on the first read of
+    // the stream XADD creates): the next try lands.
+    let () = redis::cmd("DEL")
+        .arg(&dlq_key)
+        .query_async(&mut c)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    let _sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
+    let mut d = s.t.subscribe(&s.dlq, opts("dlq")).await.unwrap();
+    let dead = next(&mut d).await;
+    assert_eq!(dead.message.message_id.as_deref(), Some(env.message_id()));
+    assert!(dead.message.headers[HEADER_DEAD_LETTER_REASON].starts_with("delivery-limit"));
+    assert_eq!(pending(&mut c, &queue_key).await, 0);
+    assert_eq!(s.t.dead_letter_failures(), 2);
+}
+
+/// A dead-letter routing key no stream is bound for: the dead letter is
+/// unroutable, so the original is kept (not acked and lost).
+#[tokio::test]
+async fn unroutable_dead_letter_leaves_the_original_pending() {
+    let s = setup_with(
+        5,
+        |t, q| t.queue_mut(q).unwrap().dead_letter_routing_key = Some("nowhere".into()),
+        no_reclaim,
+    )
+    .await;
+    let env = Envelope::new("e", &1).unwrap();
+    assert!(s.bus.publish(&env).await.unwrap().is_confirmed());
+    let mut sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
+    let d = next(&mut sub).await;
+    let err = d.acker.dead_letter(d.message).await.unwrap_err();
+    assert!(matches!(err, Error::DeadLetterNotStored { .. }), "{err:?}");
+    let mut c = raw().await;
+    assert_eq!(pending(&mut c, &s.stream(&s.queue)).await, 1);
+    assert_eq!(s.t.dead_letter_failures(), 1);
+    let h = s.bus.health().await;
+    assert_eq!(h.dead_letter_depth, Some(0), "{h:?}");
+}
+
+/// An `XADD` that Redis refuses fails that message only (`Nacked`), not the
+/// other messages pipelined with it.
+#[tokio::test]
+async fn refused_xadd_nacks_only_its_message() {
+    let other = finsight_testkit::unique("q2");
+    let o = other.clone();
+    let s = setup_with(5, move |t, _| *t = t.clone().consumer_queue(&o), |_| {}).await;
+    let to_other = Bus::connect(s.t.clone(), s.bus.topology().clone(), other.clone())
+        .await
+        .unwrap();
+    let mut c = raw().await;
+    let () = redis::cmd("DEL")
+        .arg(s.stream(&other))
+        .query_async(&mut c)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(s.stream(&other))
+        .arg("not a stream")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    for n in 0..50 {
+        let bus = if n % 5 == 0 { &to_other } else { &s.bus };
+        sent.push((n, bus.send(&Envelope::new("e", &n).unwrap()).await.unwrap()));
+    }
+    for (n, p) in sent {
+        let outcome = p.await;
+        if n % 5 == 0 {
+            assert_eq!(outcome, PublishOutcome::Nacked, "message {n}");
+        } else {
+            assert_eq!(outcome, PublishOutcome::Confirmed, "message {n}");
+        }
+    }
+    let len: usize = redis::cmd("XLEN")
+        .arg(s.stream(&s.queue))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, 40);
+}
+
+/// With prefetch = concurrency = N and handlers that hold their messages,
+/// the group never has more than N entries pending while more wait in the
+/// stream.
+#[tokio::test]
+async fn pending_list_is_bounded_by_prefetch() {
+    const N: usize = 4;
+    const TOTAL: usize = 25;
+    let s = setup_with(5, |_, _| {}, no_reclaim).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (g, st) = (gate.clone(), started.clone());
+    let consumer = s
+        .bus
+        .consumer(
+            &s.queue,
+            Router::new().on("e", move |_c: Context| {
+                let (g, st) = (g.clone(), st.clone());
+                async move {
+                    st.fetch_add(1, Ordering::SeqCst);
+                    g.acquire().await.unwrap().forget();
+                    Ok(())
+                }
+            }),
+        )
+        .prefetch(N as u16)
+        .concurrency(N)
+        .start()
+        .unwrap();
+    for n in 0..TOTAL {
+        assert!(
+            s.bus
+                .publish(&Envelope::new("e", &n).unwrap())
+                .await
+                .unwrap()
+                .is_confirmed()
+        );
+    }
+    let key = s.stream(&s.queue);
+    let mut c = raw().await;
+    let mut max_pending = 0;
+    let mut waiting_seen = false;
+    for _ in 0..2000 {
+        if started.load(Ordering::SeqCst) >= N {
+            break;
+        }
+        max_pending = max_pending.max(pending(&mut c, &key).await);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(started.load(Ordering::SeqCst), N);
+    // Let one message through at a time; sample the pending list in between.
+    for released in 0..=TOTAL {
+        for _ in 0..5 {
+            let p = pending(&mut c, &key).await;
+            max_pending = max_pending.max(p);
+            let h = s.bus.health().await;
+            let lag = h.queues[0].depth.unwrap_or(0);
+            if lag > 0 {
+                waiting_seen = true;
+                assert!(p <= N, "pending {p} > prefetch {N} with {lag} waiting");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if released < TOTAL {
+            gate.add_permits(1);
+        }
+        for _ in 0..2000 {
+            if consumer.stats().acked as usize > released || started.load(Ordering::SeqCst) == TOTAL
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    for _ in 0..2000 {
+        if consumer.stats().acked as usize == TOTAL {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let st = consumer.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(st.acked as usize, TOTAL, "{st:?}");
+    assert!(waiting_seen, "entries never waited in the stream");
+    assert!(max_pending <= N, "pending reached {max_pending} > {N}");
+    assert_eq!(max_pending, N, "the consumer never filled its prefetch");
+    assert_eq!(pending(&mut c, &key).await, 0);
+}
+
+/// `Health::reconnects` counts re-established connections: the shared
+/// connection killed by the server is one reconnect (however many commands
+/// failed meanwhile); the topology re-declared after Redis lost it is not.
+#[tokio::test]
+async fn health_reconnects_counts_real_reconnects() {
+    let s = setup_with(5, |_, _| {}, |_| {}).await;
+    assert_eq!(s.bus.health().await.reconnects, 0);
+    let mut c = raw().await;
+    // Redis lost the topology (as after a restart without persistence), but
+    // the connection is fine: not a reconnect.
+    let () = redis::cmd("DEL")
+        .arg(format!("{}x:{}", s.prefix, s.bus.topology().exchange.name))
+        .query_async(&mut c)
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    let _sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
+    assert_eq!(s.t.topology_redeclares(), 1);
+    assert_eq!(s.bus.health().await.reconnects, 0);
+
+    // The server closes our shared connection.
+    let name = format!("finsight-bus:{}", s.prefix);
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let id: String = list
+        .lines()
+        .find(|l| l.split(' ').any(|f| f == format!("name={name}")))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .expect("shared connection in CLIENT LIST")
+        .to_owned();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&id)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    // Publishing fails while the connection is replaced, then works again.
+    let mut confirmed = 0;
+    for n in 0..500 {
+        match s.bus.publish(&Envelope::new("e", &n).unwrap()).await {
+            Ok(o) if o.is_confirmed() => confirmed += 1,
+            _ => {}
+        }
+        if confirmed == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(confirmed, 3);
+    let mut reconnects = 0;
+    for _ in 0..500 {
+        reconnects = s.t.reconnects();
+        if reconnects > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(reconnects, 1);
+    let h = s.bus.health().await;
+    assert_eq!(h.reconnects, 1, "{h:?}");
+    assert_eq!(h.state, ConnectionState::Connected);
+    assert_eq!(s.t.topology_redeclares(), 1);
+}
+
+/// A pending entry trimmed from the stream (`MAXLEN`) has nothing left to
+/// deliver: re-reading it on subscribe acks it, and the consumer goes on.
+#[tokio::test]
+async fn pending_entry_trimmed_from_the_stream_is_acked_and_skipped() {
+    let s = setup_with(5, |_, _| {}, no_reclaim).await;
+    assert!(
+        s.bus
+            .publish(&Envelope::new("e", &1).unwrap())
+            .await
+            .unwrap()
+            .is_confirmed()
+    );
+    let mut sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
+    drop(next(&mut sub).await); // never settled
+    sub.cancel().await.unwrap();
+    let key = s.stream(&s.queue);
+    let mut c = raw().await;
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pending(&mut c, &key).await, 1);
+    let mut sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
+    let env = Envelope::new("e", &2).unwrap();
+    assert!(s.bus.publish(&env).await.unwrap().is_confirmed());
+    let d = next(&mut sub).await;
+    assert_eq!(d.message.message_id.as_deref(), Some(env.message_id()));
+    assert_eq!((d.delivery_count, d.redelivered), (1, false));
+    d.acker.ack().await.unwrap();
+    assert_eq!(pending(&mut c, &key).await, 0);
 }
