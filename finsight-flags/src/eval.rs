@@ -394,10 +394,16 @@ fn resolve<'a>(
     };
     match flag.flag_type {
         FlagType::Boolean => {
-            if flag.rollout >= 100 {
+            // Fully rolled out: on, without a bucket, unless a sticky flag
+            // may hold a stored `out` (SPEC §1.4: a stored assignment
+            // outlives rollout changes), which only the store can tell.
+            if flag.rollout >= 100 && sticky.is_none() {
                 return Resolution::boolean(true, Reason::Enabled, None);
             }
             let Some(unit) = ctx.unit() else {
+                if flag.rollout >= 100 {
+                    return Resolution::boolean(true, Reason::Enabled, None);
+                }
                 return Resolution::json(&flag.default_value, Reason::MissingBucketingKey, None);
             };
             let (inside, bucket) = rollout(flag, unit, env, sticky, trace.as_deref_mut());
@@ -436,24 +442,28 @@ fn resolve<'a>(
                 unit,
                 digest: d,
             };
-            let stored = sticky.and_then(|s| match s.get(&key) {
-                Some(Assignment::Variant(id)) => variants.iter().position(|v| *v.id == *id),
-                _ => None,
+            // `Some(None)`: an assignment is stored but no longer fits the
+            // flag (its variant was removed, or the flag changed type).
+            let stored = sticky.and_then(|s| {
+                s.get(&key).map(|a| match a {
+                    Assignment::Variant(id) => variants.iter().position(|v| *v.id == *id),
+                    Assignment::Rollout(_) => None,
+                })
             });
             let index = match stored {
-                Some(i) => {
+                Some(Some(i)) => {
                     if let Some(t) = trace {
                         t.sticky_hit = true;
                     }
                     Some(i)
                 }
-                None => {
+                _ => {
                     let i =
                         pick_variant(bucket, variants.iter().map(|v| v.weight), flag.total_weight);
                     if let (Some(s), Some(i)) = (sticky, i)
                         && let Some(v) = variants.get(i)
                     {
-                        s.put(&key, Assignment::Variant(v.id.clone()));
+                        record(s, &key, Assignment::Variant(v.id.clone()), stored.is_some());
                     }
                     i
                 }
@@ -482,6 +492,17 @@ fn resolve<'a>(
     }
 }
 
+/// Stores a first assignment, or replaces a `stale` one that no longer fits
+/// the flag. Out of line: a warm evaluation finds its assignment stored.
+#[inline(never)]
+fn record(store: &dyn StickyStore, key: &StickyKey<'_>, assignment: Assignment, stale: bool) {
+    if stale {
+        store.replace(key, assignment);
+    } else {
+        store.put(key, assignment);
+    }
+}
+
 /// In or out of the rollout, honouring a sticky assignment.
 fn rollout(
     flag: &CompiledFlag,
@@ -506,7 +527,8 @@ fn rollout(
                 }
                 return (stored, bucket);
             }
-            _ => s.put(&key, Assignment::Rollout(computed)),
+            // A variant stored while the flag was multivariate is stale.
+            stored => record(s, &key, Assignment::Rollout(computed), stored.is_some()),
         }
     }
     (computed, bucket)
@@ -539,16 +561,27 @@ fn rule_matches(
 /// The flag engine: holds the current [`FlagSet`] and evaluates flags.
 ///
 /// Cloning is cheap (an `Arc`); clones share the flags, the clock, the sticky
-/// store and the exposure buffer. Evaluation is synchronous and lock-free:
-/// it loads the current set through `arc-swap` (no lock, no allocation),
-/// computes at most one md5 (none when the unit's digest is in the bounded
-/// bucket memo, see [`FlagEngineBuilder::bucket_memo`]), reads the clock only
-/// for flags with `expires_at`, and never does I/O. A boolean evaluation through
+/// store and the exposure buffer. Evaluation is synchronous and never does
+/// I/O: it loads the current set through `arc-swap` (no lock, no
+/// allocation), computes at most one md5 (none when the unit's digest is in
+/// the bounded bucket memo, see [`FlagEngineBuilder::bucket_memo`]), reads
+/// the clock only for flags with `expires_at`. A boolean evaluation through
 /// [`FlagEngine::bool_value`] does not allocate (tested with a counting
 /// allocator) unless the flag tracks exposure.
 ///
-/// Replacing the set ([`FlagEngine::replace`], the file and Redis sources)
-/// is one atomic pointer swap; readers never wait.
+/// What is and is not lock-free:
+/// * Readers never wait on a reload. Replacing the set
+///   ([`FlagEngine::replace`], the file and Redis sources) is one atomic
+///   pointer swap; evaluations in flight finish on the old set.
+/// * The bucket memo and the [`MemoryStickyStore`](crate::MemoryStickyStore)
+///   (also the local copy of the Redis store) are `quick_cache` caches:
+///   sharded read-write locks, each held only for one lookup or insert (a
+///   hit takes a shard's read lock; a miss, or a first sticky assignment,
+///   briefly takes its write lock). Evaluations on different shards never
+///   contend, and no lock is ever held across I/O or across an evaluation.
+///   Turning the memo off ([`FlagEngineBuilder::bucket_memo`]`(0)`) and the
+///   sticky store off ([`FlagEngineBuilder::no_sticky_store`]) leaves an
+///   evaluation with no lock at all, at the cost of one md5 per bucket.
 #[derive(Clone)]
 pub struct FlagEngine {
     inner: Arc<Inner>,
@@ -654,8 +687,7 @@ macro_rules! typed {
             let mismatch = out.is_none() && !matches!(r.value, Resolved::CallerDefault);
             if let Some(f) = flag {
                 if f.track_exposure {
-                    let reason = if mismatch { Reason::TypeMismatch } else { r.reason };
-                    self.expose(f, ctx, r.to_value(Value::Null), r.variant, reason);
+                    self.expose_typed(f, ctx, &r, out.is_some(), mismatch, Value::from(default));
                 }
             }
             out.unwrap_or_else(|| ($conv_default)(default))
@@ -675,7 +707,7 @@ macro_rules! typed {
             let reason = if mismatch { Reason::TypeMismatch } else { r.reason };
             if let Some(f) = flag {
                 if f.track_exposure {
-                    self.expose(f, ctx, r.to_value(Value::Null), r.variant, reason);
+                    self.expose_typed(f, ctx, &r, out.is_some(), mismatch, Value::from(default));
                 }
             }
             Evaluation {
@@ -751,10 +783,19 @@ impl FlagEngine {
     /// into the sticky store's local copy (one round trip for a remote store,
     /// nothing for the in-memory one). Call it when a request starts, before
     /// evaluating; evaluation itself never waits on the store. Returns how
-    /// many assignments were found.
+    /// many assignments were found. Costs one allocation per sticky flag
+    /// (its key) plus the store's round trip.
     ///
     /// # Errors
-    /// The store's error. Evaluation still works: it serves computed buckets.
+    /// The store's error (for the Redis store: Redis unreachable, slow or
+    /// failing), which the store also counts (e.g.
+    /// `redis::StickyStats::preload_failures`). This is a setup call, not an
+    /// evaluation: it reports the failure so that the caller can log it or
+    /// alert, but nothing depends on handling it. SPEC §1.4's "a store
+    /// failure is never an error to the caller" is about evaluation, and it
+    /// holds: after a failed preload, evaluations serve the computed buckets
+    /// (and still record first assignments), so `let _ =
+    /// engine.preload(&ctx).await;` is a correct way to call it.
     pub async fn preload(&self, ctx: &EvaluationContext) -> Result<usize, Error> {
         let (Some(store), Some(unit)) = (self.inner.sticky.as_ref(), ctx.unit()) else {
             return Ok(0);
@@ -822,6 +863,32 @@ impl FlagEngine {
             environment: ctx.environment_or_default().to_owned(),
             timestamp: self.inner.clock.now(),
         });
+    }
+
+    /// The exposure event of a typed accessor: what the caller was served.
+    /// When the flag's value was not served (caller's default, or a type
+    /// mismatch), that is the caller's default and no variant. Out of line:
+    /// only flags that track exposure get here.
+    #[inline(never)]
+    fn expose_typed(
+        &self,
+        flag: &CompiledFlag,
+        ctx: &EvaluationContext,
+        r: &Resolution<'_>,
+        served_flag_value: bool,
+        mismatch: bool,
+        default: Value,
+    ) {
+        if served_flag_value {
+            self.expose(flag, ctx, r.to_value(Value::Null), r.variant, r.reason);
+        } else {
+            let reason = if mismatch {
+                Reason::TypeMismatch
+            } else {
+                r.reason
+            };
+            self.expose(flag, ctx, default, None, reason);
+        }
     }
 
     /// `bool_value(key, ctx, false)`: whether the flag is on for `ctx`.

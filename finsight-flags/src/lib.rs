@@ -41,8 +41,10 @@
 //!   [`Reason::TypeMismatch`] on a value of another type; `*_detail` and
 //!   [`FlagEngine::evaluate`] return an [`Evaluation`] (value, variant,
 //!   reason, targeting_matched, bucket); [`FlagEngine::explain`] reports every
-//!   rule's outcome. Evaluation is synchronous and lock-free, does no I/O and
-//!   does not allocate for a boolean flag.
+//!   rule's outcome. Evaluation is synchronous, does no I/O and does not
+//!   allocate for a boolean flag; it never waits on a reload (`arc-swap`),
+//!   and its only locks are the sharded locks of the bucket memo and the
+//!   in-memory sticky store, each held for one lookup.
 //! * Bucketing is exactly SPEC §1.3 ([`bucket`]): the same users land in the
 //!   same buckets and variants as in the Python services.
 //! * Sticky assignments (SPEC §1.4) go through a [`StickyStore`]:

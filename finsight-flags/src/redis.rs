@@ -50,8 +50,16 @@ pub struct StickyStats {
     pub preloaded: u64,
     /// Preloads that failed (evaluation then used computed buckets).
     pub preload_failures: u64,
+    /// Values found by preloads that are not in this crate's format (e.g.
+    /// the bare bucket number the Python services cache under the same
+    /// prefix): treated as no stored assignment, and never overwritten.
+    pub foreign_values: u64,
     /// Assignments written to Redis.
     pub written: u64,
+    /// First assignments not written because Redis already held a value for
+    /// the key (`SET … NX`): the stored one is kept, and a preload of the
+    /// unit brings it into the local copy.
+    pub already_stored: u64,
     /// Assignments whose write failed (Redis down or slow).
     pub write_failures: u64,
     /// Assignments not written because the write-behind queue was full.
@@ -62,7 +70,9 @@ pub struct StickyStats {
 struct Counters {
     preloaded: AtomicU64,
     preload_failures: AtomicU64,
+    foreign_values: AtomicU64,
     written: AtomicU64,
+    already_stored: AtomicU64,
     write_failures: AtomicU64,
     dropped_writes: AtomicU64,
 }
@@ -158,16 +168,26 @@ impl RedisStickyStoreBuilder {
 /// * Evaluation reads and writes a bounded in-process copy
 ///   ([`MemoryStickyStore`], `local_capacity` entries).
 /// * A first assignment is queued (bounded, `try_send`) and written behind
-///   by a background task with `SET key value EX ttl`, in pipelines of up to
-///   128.
+///   by a background task with `SET key value EX ttl NX`, in pipelines of up
+///   to 128: a value already in Redis (written by another instance, perhaps
+///   before a weight or rollout change) is never overwritten, so the first
+///   assignment is the one kept (SPEC §1.4). An instance that evaluated a
+///   unit without preloading it serves its computed assignment until a
+///   [`preload`](FlagEngine::preload) of the unit brings the stored one in.
+///   Only an assignment that no longer fits its flag (a removed variant) is
+///   overwritten, with a plain `SET … EX ttl`.
 /// * [`FlagEngine::preload`] fetches a unit's assignments for every sticky
 ///   flag with one `MGET` before evaluation.
 /// * Any Redis failure is counted ([`RedisStickyStore::stats`]) and logged;
 ///   evaluation then serves the computed bucket. Never an error to the
 ///   evaluating caller.
 ///
-/// Values are `in` / `out` (rollouts) or `variant:<id>`. Cloning shares the
-/// store.
+/// Values are `in` / `out` (rollouts) or `variant:<id>`. A value in another
+/// format — the Python services cache the bare bucket number (`"45"`) under
+/// the same `user_buckets:` prefix — is treated as no stored assignment
+/// (the unit gets its computed bucket, which is the same md5 bucket the
+/// Python services compute), counted in [`StickyStats::foreign_values`],
+/// and never overwritten (`NX`). Cloning shares the store.
 #[derive(Debug, Clone)]
 pub struct RedisStickyStore {
     inner: Arc<StoreInner>,
@@ -178,8 +198,16 @@ struct StoreInner {
     local: MemoryStickyStore,
     conn: ConnectionManager,
     prefix: String,
-    tx: mpsc::Sender<(String, String)>,
+    tx: mpsc::Sender<Write>,
     counters: Arc<Counters>,
+}
+
+/// One queued write-behind: key, value, and whether it may overwrite.
+#[derive(Debug)]
+struct Write {
+    key: String,
+    value: String,
+    overwrite: bool,
 }
 
 impl RedisStickyStore {
@@ -202,7 +230,9 @@ impl RedisStickyStore {
         StickyStats {
             preloaded: c.preloaded.load(Ordering::Relaxed),
             preload_failures: c.preload_failures.load(Ordering::Relaxed),
+            foreign_values: c.foreign_values.load(Ordering::Relaxed),
             written: c.written.load(Ordering::Relaxed),
+            already_stored: c.already_stored.load(Ordering::Relaxed),
             write_failures: c.write_failures.load(Ordering::Relaxed),
             dropped_writes: c.dropped_writes.load(Ordering::Relaxed),
         }
@@ -223,16 +253,29 @@ impl RedisStickyStore {
         match values {
             Ok(values) => {
                 let mut found = 0;
+                let mut foreign = 0u64;
                 for (k, v) in keys.iter().zip(values) {
-                    if let Some(a) = v.as_deref().and_then(Assignment::decode) {
-                        self.inner.local.put(&k.as_key(), a);
-                        found += 1;
+                    let Some(v) = v else { continue };
+                    match Assignment::decode(&v) {
+                        Some(a) => {
+                            self.inner.local.put(&k.as_key(), a);
+                            found += 1;
+                        }
+                        None => foreign += 1,
                     }
                 }
-                self.inner
-                    .counters
-                    .preloaded
-                    .fetch_add(found as u64, Ordering::Relaxed);
+                let c = &self.inner.counters;
+                c.preloaded.fetch_add(found as u64, Ordering::Relaxed);
+                if foreign > 0 {
+                    let before = c.foreign_values.fetch_add(foreign, Ordering::Relaxed);
+                    if before == 0 {
+                        tracing::info!(
+                            "finsight-flags: sticky keys in Redis hold values of another format \
+                             (e.g. the Python services' bucket numbers); serving computed buckets \
+                             for them and leaving them in place"
+                        );
+                    }
+                }
                 Ok(found)
             }
             Err(e) => {
@@ -253,14 +296,28 @@ impl StickyStore for RedisStickyStore {
     }
 
     fn put(&self, key: &StickyKey<'_>, assignment: Assignment) {
+        self.write(key, assignment, false);
+    }
+
+    fn replace(&self, key: &StickyKey<'_>, assignment: Assignment) {
+        self.write(key, assignment, true);
+    }
+
+    fn preload<'a>(&'a self, keys: Vec<OwnedStickyKey>) -> PreloadFuture<'a> {
+        Box::pin(self.load(keys))
+    }
+}
+
+impl RedisStickyStore {
+    fn write(&self, key: &StickyKey<'_>, assignment: Assignment, overwrite: bool) {
         let value = assignment.encode();
         self.inner.local.put(key, assignment);
-        if self
-            .inner
-            .tx
-            .try_send((self.redis_key(key), value))
-            .is_err()
-        {
+        let write = Write {
+            key: self.redis_key(key),
+            value,
+            overwrite,
+        };
+        if self.inner.tx.try_send(write).is_err() {
             let n = self
                 .inner
                 .counters
@@ -274,15 +331,11 @@ impl StickyStore for RedisStickyStore {
             }
         }
     }
-
-    fn preload<'a>(&'a self, keys: Vec<OwnedStickyKey>) -> PreloadFuture<'a> {
-        Box::pin(self.load(keys))
-    }
 }
 
 async fn write_behind(
     mut conn: ConnectionManager,
-    mut rx: mpsc::Receiver<(String, String)>,
+    mut rx: mpsc::Receiver<Write>,
     ttl: Duration,
     counters: Arc<Counters>,
 ) {
@@ -290,13 +343,28 @@ async fn write_behind(
     let mut batch = Vec::with_capacity(128);
     while rx.recv_many(&mut batch, 128).await > 0 {
         let mut pipe = ::redis::pipe();
-        for (k, v) in &batch {
-            pipe.cmd("SET").arg(k).arg(v).arg("EX").arg(ttl).ignore();
+        for w in &batch {
+            let cmd = pipe.cmd("SET").arg(&w.key).arg(&w.value).arg("EX").arg(ttl);
+            if !w.overwrite {
+                // Keep whatever is stored: the first assignment, or a value of
+                // another format (the Python services' bucket number).
+                cmd.arg("NX");
+            }
         }
         let n = batch.len() as u64;
-        match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => {
-                counters.written.fetch_add(n, Ordering::Relaxed);
+        // `SET` replies `OK`, or nil when `NX` found the key taken.
+        match pipe.query_async::<Vec<::redis::Value>>(&mut conn).await {
+            Ok(replies) => {
+                let kept = replies
+                    .iter()
+                    .filter(|r| matches!(r, ::redis::Value::Nil))
+                    .count() as u64;
+                counters
+                    .written
+                    .fetch_add(n - kept.min(n), Ordering::Relaxed);
+                counters
+                    .already_stored
+                    .fetch_add(kept.min(n), Ordering::Relaxed);
             }
             Err(e) => {
                 counters.write_failures.fetch_add(n, Ordering::Relaxed);

@@ -72,8 +72,18 @@ pub type PreloadFuture<'a> = Pin<Box<dyn Future<Output = Result<usize, Error>> +
 pub trait StickyStore: Send + Sync + Debug + 'static {
     /// The stored assignment, if any. Must not block.
     fn get(&self, key: &StickyKey<'_>) -> Option<Assignment>;
-    /// Stores a first assignment. Must not block.
+    /// Stores a first assignment. Must not block. A store shared between
+    /// processes must keep an assignment already stored by another one
+    /// (SPEC §1.4: the first assignment is kept), as the Redis store does
+    /// with `SET … NX`.
     fn put(&self, key: &StickyKey<'_>, assignment: Assignment);
+    /// Replaces a stored assignment that no longer fits the flag (its
+    /// variant was removed, or the flag changed type), so that it is not
+    /// served or re-assigned again. Must not block. The default is
+    /// [`put`](Self::put), right for a store whose `put` overwrites.
+    fn replace(&self, key: &StickyKey<'_>, assignment: Assignment) {
+        self.put(key, assignment);
+    }
     /// Loads the assignments of `keys` from a remote store into the local
     /// copy, ahead of evaluation. Returns how many were found. The default
     /// does nothing (an in-process store has nothing to load).

@@ -315,3 +315,150 @@ fn engine_and_errors_are_send_sync() {
     assert_send_sync::<finsight_flags::Error>();
     assert_send_sync::<finsight_flags::FlagError>();
 }
+
+/// A user id whose bucket on `flag` is `b` (searching `u0`, `u1`, …).
+fn user_in_bucket(flag: &str, b: u8) -> String {
+    (0..)
+        .map(|i| format!("u{i}"))
+        .find(|u| bucket(flag, Unit::User(u)) == b)
+        .unwrap()
+}
+
+#[test]
+fn sticky_out_holds_when_a_boolean_flag_goes_to_100_percent() {
+    let flag = |pct: u32, sticky: bool| {
+        json!([{"key": "bool", "flag_type": "boolean", "status": "active", "default_value": false,
+                "sticky_bucketing": sticky, "rollout_percentage": pct}])
+        .to_string()
+    };
+    let e = FlagEngine::new(FlagSet::from_json(&flag(30, true)).unwrap().set);
+    let out = user(&user_in_bucket("bool", 80));
+    let inside = user(&user_in_bucket("bool", 10));
+    assert!(!e.is_enabled("bool", &out));
+    assert!(e.is_enabled("bool", &inside));
+
+    // Rolled out to everyone: the stored `out` still holds (SPEC §1.4) ...
+    e.load_json(&flag(100, true)).unwrap();
+    let d = e.bool_detail("bool", &out, true);
+    assert_eq!(
+        (d.value, d.reason, d.bucket),
+        (false, Reason::RolloutPercentageNotReached, Some(80)),
+        "a user stored as out stays out after the rollout reaches 100%"
+    );
+    assert!(e.explain("bool", &out, json!(true)).sticky_hit);
+    // ... stored `in` and new users are on, and without a bucketing key the
+    // flag is simply on.
+    assert!(e.is_enabled("bool", &inside));
+    assert!(e.is_enabled("bool", &user(&user_in_bucket("bool", 95))));
+    let anonymous = e.bool_detail("bool", &EvaluationContext::new(), false);
+    assert_eq!((anonymous.value, anonymous.reason), (true, Reason::Enabled));
+
+    // A non-sticky flag at 100% keeps its fast path: on, no bucket computed.
+    e.load_json(&flag(100, false)).unwrap();
+    let d = e.bool_detail("bool", &out, false);
+    assert_eq!((d.value, d.reason, d.bucket), (true, Reason::Enabled, None));
+}
+
+#[test]
+fn multivariate_boundary_buckets_follow_the_spec_float_formula() {
+    // Weights 7/7/14/1/26/1/1/1/42 (total 100) put a cumulative boundary at
+    // 7, 14, 28, 29, 55, 56, 57 and 58: exactly the buckets where
+    // scaled = (bucket as f64 / 100.0) * 100.0 is not the bucket itself.
+    // Variant i covers scaled < cumulative[i]:
+    //   cumulative: v0 7, v1 14, v2 28, v3 29, v4 55, v5 56, v6 57, v7 58, v8 100
+    // Float values (the same in Python):
+    //   7 -> 7.000000000000001   (over)  not < 7,  < 14 -> v1
+    //  14 -> 14.000000000000002  (over)  not < 14, < 28 -> v2
+    //  28 -> 28.000000000000004  (over)  not < 28, < 29 -> v3
+    //  29 -> 28.999999999999996  (under) < 29            -> v3 (integers: v4)
+    //  55 -> 55.00000000000001   (over)  not < 55, < 56 -> v5
+    //  56 -> 56.00000000000001   (over)  not < 56, < 57 -> v6
+    //  57 -> 56.99999999999999   (under) < 57            -> v6 (integers: v7)
+    //  58 -> 57.99999999999999   (under) < 58            -> v7 (integers: v8)
+    // and two neighbours: 6 -> 6.0 -> v0, 30 -> 30.0 -> v4.
+    let weights = [7, 7, 14, 1, 26, 1, 1, 1, 42];
+    let variants: Vec<Value> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| json!({"id": format!("v{i}"), "value": i, "weight": w}))
+        .collect();
+    let e = engine(
+        json!([{"key": "mv-table", "flag_type": "multivariate", "status": "active",
+        "default_value": -1, "variants": variants}]),
+    );
+    let table: [(u8, &str); 10] = [
+        (6, "v0"),
+        (7, "v1"),
+        (14, "v2"),
+        (28, "v3"),
+        (29, "v3"),
+        (30, "v4"),
+        (55, "v5"),
+        (56, "v6"),
+        (57, "v6"),
+        (58, "v7"),
+    ];
+    for (b, want) in table {
+        let ctx = user(&user_in_bucket("mv-table", b));
+        let d = e.evaluate("mv-table", &ctx, json!(null));
+        assert_eq!(d.bucket, Some(b));
+        assert_eq!(d.reason, Reason::VariantSelected);
+        assert_eq!(d.variant.as_deref(), Some(want), "bucket {b}");
+        // The formula itself, as the SPEC writes it.
+        let scaled = (f64::from(b) / 100.0) * 100.0_f64;
+        let mut cumulative = 0.0;
+        let by_formula = weights
+            .iter()
+            .position(|w| {
+                cumulative += f64::from(*w);
+                scaled < cumulative
+            })
+            .map(|i| format!("v{i}"));
+        assert_eq!(by_formula.as_deref(), Some(want), "bucket {b}");
+    }
+}
+
+#[test]
+fn draft_status_serves_the_callers_default() {
+    let e = engine(
+        json!([{"key": "d", "flag_type": "boolean", "status": "draft",
+        "rollout_percentage": 100, "default_value": true}]),
+    );
+    let d = e.bool_detail("d", &user("u"), false);
+    assert_eq!(
+        (d.value, d.reason, d.targeting_matched),
+        (
+            false,
+            Reason::FlagStatus(finsight_flags::FlagStatus::Draft),
+            false
+        )
+    );
+    assert_eq!(d.reason.as_str(), "flag_status_draft");
+}
+
+#[test]
+fn variant_fallback_is_reached_only_through_float_underflow() {
+    // With total > 0, scaled = (bucket / 100) * total <= 0.99 * total, which
+    // is below the last cumulative weight (the same sum, in the same order)
+    // for every total of normal magnitude: no bucket falls past the last
+    // variant. Only a subnormal total rounds 0.99 * total up to total itself:
+    // with a single weight of 5e-324, buckets 51..=99 give scaled == total,
+    // no variant has scaled < cumulative, and the flag's default is served
+    // (`variant_fallback`), exactly as the Python services' arithmetic does.
+    let e = engine(
+        json!([{"key": "tiny", "flag_type": "multivariate", "status": "active",
+        "default_value": "fallback", "variants": [{"id": "only", "value": "V", "weight": 5e-324}]}]),
+    );
+    let high = user(&user_in_bucket("tiny", 75));
+    let d = e.string_detail("tiny", &high, "x");
+    assert_eq!(
+        (d.value.as_str(), d.reason, d.variant, d.bucket),
+        ("fallback", Reason::VariantFallback, None, Some(75))
+    );
+    assert_eq!(d.reason.as_str(), "variant_fallback");
+    let low = user(&user_in_bucket("tiny", 20));
+    assert_eq!(
+        e.string_detail("tiny", &low, "x").reason,
+        Reason::VariantSelected
+    );
+}

@@ -110,3 +110,54 @@ fn spawn_needs_a_runtime_and_a_capacity() {
         assert!(ExposureBuffer::spawn(Collect::default(), 0, 4).is_err());
     });
 }
+
+#[tokio::test]
+async fn an_exposure_reports_what_the_caller_was_served() {
+    let sink = Collect::default();
+    let (buffer, task) = ExposureBuffer::spawn(sink.clone(), 64, 16).unwrap();
+    let flags = r#"[
+      {"key": "tracked", "flag_type": "multivariate", "status": "active", "track_exposure": true,
+       "variants": [{"id": "a", "value": "A", "weight": 100}]},
+      {"key": "drafted", "flag_type": "boolean", "status": "draft", "track_exposure": true,
+       "rollout_percentage": 100}
+    ]"#;
+    let engine = FlagEngine::builder()
+        .flags(FlagSet::from_json(flags).unwrap().set)
+        .exposure(buffer.clone())
+        .build();
+    let ctx = EvaluationContext::new().user_id("u1");
+    // Type mismatches: the caller gets its default, and so does the event.
+    assert!(engine.bool_value("tracked", &ctx, true));
+    assert_eq!(engine.number_value("tracked", &ctx, 2.5), 2.5);
+    let d = engine.bool_detail("tracked", &ctx, true);
+    assert_eq!((d.value, d.variant), (true, None));
+    // A caller's default for another reason (draft flag): the default, not null.
+    assert!(engine.bool_value("drafted", &ctx, true));
+    // The flag's value is served: its value and variant.
+    assert_eq!(engine.string_value("tracked", &ctx, "x"), "A");
+    drop(engine);
+    drop(buffer);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let events = sink.events.lock().unwrap();
+    let seen: Vec<(serde_json::Value, Option<&str>, Reason)> = events
+        .iter()
+        .map(|e| (e.value.clone(), e.variant.as_deref(), e.reason))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (serde_json::json!(true), None, Reason::TypeMismatch),
+            (serde_json::json!(2.5), None, Reason::TypeMismatch),
+            (serde_json::json!(true), None, Reason::TypeMismatch),
+            (
+                serde_json::json!(true),
+                None,
+                Reason::FlagStatus(finsight_flags::FlagStatus::Draft)
+            ),
+            (serde_json::json!("A"), Some("a"), Reason::VariantSelected),
+        ]
+    );
+}

@@ -219,3 +219,147 @@ async fn a_store_on_an_existing_connection_manager_writes_and_preloads() {
     assert_eq!(store2.stats().preloaded, 1);
     assert_eq!(engine2.string_value(&flag, &ctx, ""), first);
 }
+
+fn bool_flag(key: &str, rollout: u32) -> FlagSet {
+    let json = serde_json::json!([
+        {"key": key, "flag_type": "boolean", "status": "active", "sticky_bucketing": true,
+         "default_value": false, "rollout_percentage": rollout}
+    ]);
+    FlagSet::from_json(&json.to_string())
+        .unwrap()
+        .strict()
+        .unwrap()
+}
+
+async fn stored(c: &mut redis::aio::MultiplexedConnection, keys: &[String]) -> Vec<Option<String>> {
+    redis::cmd("MGET").arg(keys).query_async(c).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_second_instance_never_overwrites_the_first_assignment() {
+    let flag = unique("sticky-nx");
+    let prefix = format!("{}:user_buckets:", unique("t"));
+    let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
+    let ctx = |u: &str| EvaluationContext::new().user_id(u);
+
+    // The first instance: rollout 30%.
+    let store1 = RedisStickyStore::builder(redis_url())
+        .prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let engine1 = FlagEngine::builder()
+        .flags(bool_flag(&flag, 30))
+        .sticky_store(store1.clone())
+        .build();
+    let first: Vec<bool> = users
+        .iter()
+        .map(|u| engine1.is_enabled(&flag, &ctx(u)))
+        .collect();
+    wait_until(|| store1.stats().written >= 40).await;
+    let keys: Vec<String> = users
+        .iter()
+        .map(|u| format!("{prefix}{flag}:user:{u}"))
+        .collect();
+    let mut c = conn().await;
+    let before = stored(&mut c, &keys).await;
+    assert!(before.iter().all(Option::is_some));
+
+    // A second instance after the rollout went to 100%, evaluating without a
+    // preload: it computes "in" for everyone and queues those writes ...
+    let store2 = RedisStickyStore::builder(redis_url())
+        .prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let engine2 = FlagEngine::builder()
+        .flags(bool_flag(&flag, 100))
+        .sticky_store(store2.clone())
+        .build();
+    for u in &users {
+        assert!(engine2.is_enabled(&flag, &ctx(u)), "computed: in");
+    }
+    wait_until(|| store2.stats().already_stored + store2.stats().written >= 40).await;
+    // ... which never replace what the first instance stored.
+    assert_eq!(store2.stats().written, 0, "{:?}", store2.stats());
+    assert_eq!(store2.stats().already_stored, 40);
+    assert_eq!(
+        stored(&mut c, &keys).await,
+        before,
+        "stored values unchanged"
+    );
+    assert!(
+        first.iter().filter(|x| !**x).count() > 10,
+        "some users were out at 30%"
+    );
+
+    // Once preloaded, every user gets the first assignment back: those out
+    // at 30% stay out at 100%.
+    for (u, was) in users.iter().zip(&first) {
+        engine2.preload(&ctx(u)).await.unwrap();
+        assert_eq!(engine2.is_enabled(&flag, &ctx(u)), *was, "{u}");
+    }
+}
+
+#[tokio::test]
+async fn python_bucket_numbers_under_the_prefix_are_left_alone() {
+    // The Python services cache the bare bucket number under the same
+    // `user_buckets:` prefix. Such a value is no stored assignment here: it
+    // is counted, the computed bucket is served, and it is never overwritten.
+    let flag = unique("sticky-py");
+    let prefix = format!("{}:user_buckets:", unique("t"));
+    let key = format!("{prefix}{flag}:user:py-1");
+    let python_bucket = bucket(&flag, Unit::User("py-1")).to_string();
+    let mut c = conn().await;
+    let _: () = c.set_ex(&key, &python_bucket, 3_600).await.unwrap();
+
+    let store = RedisStickyStore::builder(redis_url())
+        .prefix(prefix.clone())
+        .build()
+        .unwrap();
+    let engine = FlagEngine::builder()
+        .flags(flags(&flag, [50, 50]))
+        .sticky_store(store.clone())
+        .build();
+    let ctx = EvaluationContext::new().user_id("py-1");
+    assert_eq!(engine.preload(&ctx).await.unwrap(), 0);
+    assert_eq!(store.stats().foreign_values, 1);
+    let expected = if bucket(&flag, Unit::User("py-1")) < 50 {
+        "A"
+    } else {
+        "B"
+    };
+    assert_eq!(engine.string_value(&flag, &ctx, ""), expected);
+    wait_until(|| store.stats().already_stored >= 1).await;
+    let v: String = c.get(&key).await.unwrap();
+    assert_eq!(v, python_bucket, "the Python services' value is untouched");
+    let ttl: i64 = c.ttl(&key).await.unwrap();
+    assert!((0..=3_600).contains(&ttl), "its TTL too: {ttl}");
+    // The local copy keeps this instance's assignment: served again, no new write.
+    assert_eq!(engine.string_value(&flag, &ctx, ""), expected);
+    assert_eq!(store.stats().written, 0);
+}
+
+#[tokio::test]
+async fn an_assignment_to_a_removed_variant_is_replaced() {
+    let flag = unique("sticky-stale");
+    let prefix = format!("{}:user_buckets:", unique("t"));
+    let key = format!("{prefix}{flag}:user:u-1");
+    let mut c = conn().await;
+    let _: () = c.set_ex(&key, "variant:gone", 3_600).await.unwrap();
+    let store = RedisStickyStore::builder(redis_url())
+        .prefix(prefix)
+        .build()
+        .unwrap();
+    let engine = FlagEngine::builder()
+        .flags(flags(&flag, [50, 50]))
+        .sticky_store(store.clone())
+        .build();
+    let ctx = EvaluationContext::new().user_id("u-1");
+    assert_eq!(engine.preload(&ctx).await.unwrap(), 1);
+    let served = engine.string_value(&flag, &ctx, "");
+    wait_until(|| store.stats().written >= 1).await;
+    let v: String = c.get(&key).await.unwrap();
+    assert_eq!(
+        v,
+        format!("variant:{}", if served == "A" { "a" } else { "b" })
+    );
+}

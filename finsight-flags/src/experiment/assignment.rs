@@ -202,7 +202,7 @@ impl Experiment {
 /// mapping to experiment variants and an [`ExposureRecord`] stamped by its
 /// clock.
 ///
-/// Cost per call: one flag evaluation (lock-free, no I/O) plus the
+/// Cost per call: one flag evaluation (no I/O, never waits on a reload) plus the
 /// allocations of the record (experiment key, variant id, unit id) and the
 /// served value.
 #[derive(Debug, Clone)]
