@@ -175,6 +175,9 @@ pub(crate) struct Loader {
     errors: Vec<FlagError>,
     /// Keys of rejected flags: a later flag with the same key is a duplicate.
     claimed: HashSet<Box<str>>,
+    /// Keys of flags rejected by validation, in order (for
+    /// [`Loader::finish_keeping`]).
+    rejected: Vec<Box<str>>,
     /// Each distinct pattern is compiled once per load.
     regexes: HashMap<Box<str>, Result<Regex, String>>,
 }
@@ -222,6 +225,7 @@ impl Loader {
             Err(mut errs) => {
                 self.pool.rollback(mark);
                 self.claimed.insert(Box::from(&*raw.key));
+                self.rejected.push(Box::from(&*raw.key));
                 self.errors.append(&mut errs);
                 false
             }
@@ -259,8 +263,91 @@ impl Loader {
 
     /// Resolves prerequisites (dropping flags whose prerequisites are
     /// missing, rejected or cyclic) and returns the set.
-    pub(crate) fn finish(mut self) -> LoadReport {
-        self.resolve_prerequisites();
+    pub(crate) fn finish(self) -> LoadReport {
+        self.finish_keeping(None, &[])
+    }
+
+    /// As [`Loader::finish`]; with `previous`, a flag rejected now that was
+    /// loaded in `previous` keeps its previous definition (its errors stay
+    /// reported). `unreadable` names flags rejected before reaching the
+    /// loader (they did not deserialize).
+    ///
+    /// The kept definitions are put back *before* prerequisites are
+    /// resolved, so a good flag that requires a kept one loads. A flag that
+    /// fails only on its prerequisites (missing, rejected or cyclic) and was
+    /// loaded in `previous` also keeps its previous definition; that repeats
+    /// until no more flags change (each flag is put back at most once).
+    pub(crate) fn finish_keeping(
+        mut self,
+        previous: Option<&FlagSet>,
+        unreadable: &[String],
+    ) -> LoadReport {
+        let Some(previous) = previous else {
+            let verdict = self.prerequisite_verdict();
+            self.apply(verdict);
+            return self.report();
+        };
+        let mut restored: HashSet<Box<str>> = HashSet::new();
+        let rejected = std::mem::take(&mut self.rejected);
+        let candidates: Vec<&str> = unreadable
+            .iter()
+            .map(String::as_str)
+            .chain(rejected.iter().map(|k| &**k))
+            .collect();
+        for key in candidates {
+            self.restore(previous, key, &mut restored);
+        }
+        loop {
+            let mut verdict = self.prerequisite_verdict();
+            let redo: Vec<Box<str>> = match &verdict {
+                Some(v) => (0..self.flags.len())
+                    .filter(|&i| !v.alive[i])
+                    .map(|i| &*self.flags[i].key)
+                    .filter(|k| !restored.contains(*k) && previous.contains(k))
+                    .map(Box::from)
+                    .collect(),
+                None => Vec::new(),
+            };
+            if redo.is_empty() {
+                self.apply(verdict);
+                return self.report();
+            }
+            // Report why the new definitions failed, then swap in the previous
+            // ones and resolve again.
+            if let Some(v) = verdict.as_mut() {
+                self.errors.extend(
+                    v.errors
+                        .drain(..)
+                        .filter(|e| redo.iter().any(|k| **k == *e.key)),
+                );
+            }
+            self.flags.retain(|f| !redo.iter().any(|k| **k == *f.key));
+            self.index.clear();
+            for (i, f) in self.flags.iter().enumerate() {
+                self.index.insert(f.key.clone(), i);
+            }
+            for key in &redo {
+                self.restore(previous, key, &mut restored);
+            }
+        }
+    }
+
+    /// Puts back `previous`'s definition of `key` (once), unless the new
+    /// document loaded a good flag with that key.
+    fn restore(&mut self, previous: &FlagSet, key: &str, restored: &mut HashSet<Box<str>>) {
+        if self.index.contains_key(key) || restored.contains(key) {
+            return;
+        }
+        let Some(old) = previous.get(key) else {
+            return;
+        };
+        tracing::warn!(flag = %key, "finsight-flags: keeping the last good definition of a rejected flag");
+        restored.insert(Box::from(key));
+        self.claimed.remove(key);
+        self.add_definition(0, old.clone());
+    }
+
+    fn report(self) -> LoadReport {
         if !self.errors.is_empty() {
             tracing::warn!(
                 rejected = self.errors.len(),
@@ -510,15 +597,17 @@ impl Loader {
         })
     }
 
-    /// Drops flags whose prerequisites are missing, rejected, themselves or
-    /// part of a cycle (repeating until stable: a flag needing a dropped flag
-    /// is dropped too), then points every prerequisite at its flag's index.
-    fn resolve_prerequisites(&mut self) {
+    /// Which flags must be dropped because their prerequisites are missing,
+    /// rejected, themselves or part of a cycle (repeating until stable: a
+    /// flag needing a dropped flag is dropped too), and why. `None` when no
+    /// flag has prerequisites.
+    fn prerequisite_verdict(&self) -> Option<Verdict> {
         let n = self.flags.len();
         if self.flags.iter().all(|f| f.prerequisites.is_empty()) {
-            return;
+            return None;
         }
-        let pool = &mut self.pool;
+        let pool = &self.pool;
+        let mut errors = Vec::new();
         // Index of each prerequisite's flag in the flags loaded so far.
         let targets: Vec<Option<usize>> = pool
             .prereq_names
@@ -561,8 +650,7 @@ impl Loader {
                     } else {
                         format!("prerequisite `{p}` names no loaded flag (missing or rejected)")
                     };
-                    self.errors
-                        .push(FlagError::new(&*f.key, format!("prerequisites[{j}]"), msg));
+                    errors.push(FlagError::new(&*f.key, format!("prerequisites[{j}]"), msg));
                 }
             }
             // Cycles among the rest: iterative DFS with colours.
@@ -608,7 +696,7 @@ impl Loader {
             let msg = format!("prerequisite cycle among {}", cyclic.join(", "));
             for i in (0..n).filter(|&i| in_cycle[i]) {
                 alive[i] = false;
-                self.errors.push(FlagError::new(
+                errors.push(FlagError::new(
                     &*self.flags[i].key,
                     "prerequisites",
                     msg.clone(),
@@ -616,6 +704,27 @@ impl Loader {
             }
             // Flags that needed a cyclic flag now miss a prerequisite: go again.
         }
+        Some(Verdict {
+            alive,
+            errors,
+            targets,
+        })
+    }
+
+    /// Drops the flags a verdict rejects (recording why) and points every
+    /// prerequisite at its flag's index.
+    fn apply(&mut self, verdict: Option<Verdict>) {
+        let Some(Verdict {
+            alive,
+            mut errors,
+            targets,
+        }) = verdict
+        else {
+            return;
+        };
+        self.errors.append(&mut errors);
+        let n = self.flags.len();
+        let pool = &mut self.pool;
         // Drop the rejected flags and number the rest.
         let mut new_index = vec![usize::MAX; n];
         let mut next = 0;
@@ -646,34 +755,318 @@ impl Loader {
     }
 }
 
+/// The outcome of prerequisite resolution, before it is applied.
+struct Verdict {
+    /// Per flag: whether it stays.
+    alive: Vec<bool>,
+    /// Why the others go.
+    errors: Vec<FlagError>,
+    /// Per entry of `Pool::prereq_names`: the index of its flag.
+    targets: Vec<Option<usize>>,
+}
+
 /// Compiles a pattern with Python `re.match` semantics: anchored at the start
 /// only.
+///
+/// Python `re` syntax that Rust's `regex` does not have, or reads with
+/// another meaning (see [`python_only`]), is refused first with an error
+/// that says so; the rest is compiled as is. One difference is accepted and
+/// documented rather than refused: Python's `$` (without `(?m)`) also
+/// matches just before a final `\n`, Rust's only at the very end.
 fn compile_regex(pattern: &str) -> Result<Regex, String> {
-    RegexBuilder::new(&format!("^(?:{pattern})"))
+    if let Some((what, hint)) = python_only(pattern) {
+        return Err(format!(
+            "pattern `{pattern}` uses {what}, Python `re` syntax that Rust's regex engine \
+             cannot express (it guarantees linear-time matching and has no such syntax); {hint}"
+        ));
+    }
+    // A verbose pattern (`(?x)`) may end in a `#` comment, which would
+    // swallow the closing parenthesis: end the comment with a newline
+    // (whitespace in verbose mode).
+    let wrapped = if verbose(pattern) {
+        format!("^(?:{pattern}\n)")
+    } else {
+        format!("^(?:{pattern})")
+    };
+    RegexBuilder::new(&wrapped)
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| {
-            let unsupported = ["(?=", "(?!", "(?<=", "(?<!", "(?P=", "(?>"]
-                .iter()
-                .any(|s| pattern.contains(s))
-                || has_backreference(pattern);
-            match e {
-                regex::Error::CompiledTooBig(limit) => {
-                    format!("pattern `{pattern}` compiles to more than {limit} bytes; simplify it")
-                }
-                _ if unsupported => format!(
-                    "pattern `{pattern}` uses look-around or backreferences, which Rust's regex \
-                     engine cannot express (it guarantees linear-time matching); rewrite it \
-                     without them: {e}"
-                ),
-                _ => format!("pattern `{pattern}` is not a valid regular expression: {e}"),
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => {
+                format!("pattern `{pattern}` compiles to more than {limit} bytes; simplify it")
             }
+            _ => format!("pattern `{pattern}` is not a valid regular expression: {e}"),
         })
 }
 
-fn has_backreference(p: &str) -> bool {
-    let b = p.as_bytes();
-    b.windows(2)
-        .any(|w| w[0] == b'\\' && w[1].is_ascii_digit() && w[1] != b'0')
+/// The letters of the global inline flag groups a pattern starts with
+/// (`(?i)(?x)…`; Python only allows global flags at the start).
+fn leading_flags(pattern: &str) -> impl Iterator<Item = u8> + '_ {
+    let mut rest = pattern.as_bytes();
+    let mut letters: &[u8] = &[];
+    std::iter::from_fn(move || {
+        loop {
+            if let Some((&c, tail)) = letters.split_first() {
+                letters = tail;
+                return Some(c);
+            }
+            let body = rest.strip_prefix(b"(?")?;
+            let n = body.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+            if n == 0 || body.get(n) != Some(&b')') {
+                return None;
+            }
+            letters = &body[..n];
+            rest = &body[n + 1..];
+        }
+    })
+}
+
+fn verbose(pattern: &str) -> bool {
+    leading_flags(pattern).any(|c| c == b'x')
+}
+
+/// The first construct of Python's `re` syntax in `pattern` that Rust's
+/// `regex` cannot compile, or would compile with another meaning, as (what
+/// it is, what to write instead). A byte scan, aware of escapes and
+/// character classes; cheap next to compiling the pattern.
+fn python_only(pattern: &str) -> Option<(&'static str, &'static str)> {
+    const LOOK: (&str, &str) = (
+        "look-around (`(?=`, `(?!`, `(?<=`, `(?<!`)",
+        "rewrite it without look-around",
+    );
+    const BACKREF: (&str, &str) = (
+        "a backreference (`\\1`, `(?P=name)`)",
+        "rewrite it without backreferences",
+    );
+    const POSSESSIVE: (&str, &str) = (
+        "a possessive quantifier (`a++`, `a*+`, `a?+`, `a{n}+`; Rust would read it as a nested \
+         repetition and match differently)",
+        "use a plain quantifier if backtracking does not matter to the match",
+    );
+    let verbose = verbose(pattern);
+    if leading_flags(pattern).any(|c| c == b'a' || c == b'L') {
+        return Some((
+            "the `a` (ASCII) or `L` (locale) inline flag",
+            "drop the flag, or use ASCII classes such as `[0-9]` and `(?-u:\\w)`",
+        ));
+    }
+    let b = pattern.as_bytes();
+    let mut i = 0;
+    // Whether the previous token was a complete quantifier (`+` after it is
+    // possessive in Python 3.11, nested repetition in Rust).
+    let mut after_quantifier = false;
+    while let Some(&c) = b.get(i) {
+        let quantifier = match c {
+            b'\\' => {
+                match b.get(i + 1) {
+                    Some(b'Z') => {
+                        return Some((
+                            "`\\Z` (Python's end-of-text anchor)",
+                            "write `\\z`, its Rust spelling",
+                        ));
+                    }
+                    Some(b'1'..=b'9') => return Some(BACKREF),
+                    Some(b'0') => {
+                        return Some((
+                            "an octal escape (`\\0`, `\\012`)",
+                            "write the character as `\\x0a` or `\\x{…}`",
+                        ));
+                    }
+                    Some(b'N') if b.get(i + 2) == Some(&b'{') => {
+                        return Some((
+                            "a named Unicode escape (`\\N{…}`)",
+                            "write the code point as `\\u{…}`",
+                        ));
+                    }
+                    // `\p{…}`, `\x{…}`, `\u{…}`: Rust syntax (Python refuses
+                    // it); its braces are not a repetition.
+                    Some(b'p' | b'P' | b'x' | b'u' | b'U') if b.get(i + 2) == Some(&b'{') => {
+                        i = b
+                            .get(i..)
+                            .and_then(|r| r.iter().position(|&c| c == b'}'))
+                            .map_or(b.len(), |n| i + n + 1);
+                        after_quantifier = false;
+                        continue;
+                    }
+                    _ => {}
+                }
+                i += 2;
+                false
+            }
+            b'[' => {
+                i = match class_end(b, i + 1, verbose) {
+                    Ok(end) => end,
+                    Err(found) => return Some(found),
+                };
+                false
+            }
+            b'(' => {
+                let rest = b.get(i + 1..).unwrap_or(&[]);
+                if rest.starts_with(b"?#") {
+                    return Some(("a `(?#…)` comment", "remove the comment"));
+                }
+                if rest.starts_with(b"?(") {
+                    return Some((
+                        "a conditional group (`(?(1)yes|no)`)",
+                        "split it into two rules or two alternatives",
+                    ));
+                }
+                if [&b"?="[..], b"?!", b"?<=", b"?<!"]
+                    .iter()
+                    .any(|p| rest.starts_with(p))
+                {
+                    return Some(LOOK);
+                }
+                if rest.starts_with(b"?P=") {
+                    return Some(BACKREF);
+                }
+                if rest.starts_with(b"?>") {
+                    return Some((
+                        "an atomic group (`(?>…)`)",
+                        "use a plain group if backtracking does not matter to the match",
+                    ));
+                }
+                // Skip `(?` so that its `?` is not read as a quantifier.
+                i += if rest.first() == Some(&b'?') { 2 } else { 1 };
+                false
+            }
+            b'*' | b'+' | b'?' => {
+                if after_quantifier {
+                    if c == b'+' {
+                        return Some(POSSESSIVE);
+                    }
+                    // `*?`, `+?`, `??`: lazy; the quantifier is complete.
+                    i += 1;
+                    after_quantifier = false;
+                    continue;
+                }
+                i += 1;
+                true
+            }
+            b'{' => match repetition(b, i + 1) {
+                Some((end, true)) => {
+                    i = end;
+                    true
+                }
+                Some((_, false)) => {
+                    return Some(("a `{,n}` repetition (no lower bound)", "write `{0,n}`"));
+                }
+                None => {
+                    return Some((
+                        "a `{` that is not a repetition (Python reads it literally)",
+                        "escape it as `\\{`",
+                    ));
+                }
+            },
+            b'#' if verbose => {
+                // A comment runs to the end of the line.
+                i = b
+                    .get(i..)
+                    .and_then(|r| r.iter().position(|&c| c == b'\n'))
+                    .map_or(b.len(), |n| i + n + 1);
+                after_quantifier = false;
+                continue;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' if verbose => {
+                // Ignored whitespace: a quantifier may still follow.
+                i += 1;
+                continue;
+            }
+            _ => {
+                i += 1;
+                false
+            }
+        };
+        after_quantifier = quantifier;
+    }
+    None
+}
+
+/// The end (just past the `]`) of the character class whose body starts at
+/// `at`, or the construct that Python reads differently inside it.
+fn class_end(
+    b: &[u8],
+    mut at: usize,
+    verbose: bool,
+) -> Result<usize, (&'static str, &'static str)> {
+    if b.get(at) == Some(&b'^') {
+        at += 1;
+    }
+    // A `]` right after `[` or `[^` is literal in both.
+    if b.get(at) == Some(&b']') {
+        at += 1;
+    }
+    while let Some(&c) = b.get(at) {
+        match c {
+            b']' => return Ok(at + 1),
+            b'\\' => {
+                match b.get(at + 1) {
+                    Some(b'b') => {
+                        return Err(("`\\b` (backspace) in a character class", "write `\\x08`"));
+                    }
+                    Some(b'0') => {
+                        return Err((
+                            "an octal escape (`\\0`, `\\012`)",
+                            "write the character as `\\x0a` or `\\x{…}`",
+                        ));
+                    }
+                    Some(b'N') if b.get(at + 2) == Some(&b'{') => {
+                        return Err((
+                            "a named Unicode escape (`\\N{…}`)",
+                            "write the code point as `\\u{…}`",
+                        ));
+                    }
+                    _ => {}
+                }
+                at += 2;
+            }
+            b'[' => {
+                return Err((
+                    "a `[` inside a character class (Python reads it literally, Rust as a \
+                     nested class)",
+                    "escape it as `\\[`",
+                ));
+            }
+            b'&' | b'-' | b'~' if b.get(at + 1) == Some(&c) => {
+                return Err((
+                    "`&&`, `--` or `~~` inside a character class (Python reads them literally, \
+                     Rust as set operations)",
+                    "escape the repeated character (`\\&`, `\\-`, `\\~`)",
+                ));
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' if verbose => {
+                return Err((
+                    "whitespace inside a character class of a verbose (`(?x)`) pattern (Python \
+                     matches it, Rust ignores it)",
+                    "escape it (`\\ `) or write `\\x20`",
+                ));
+            }
+            _ => at += 1,
+        }
+    }
+    // Unclosed: both engines refuse it; let Rust's error say so.
+    Ok(b.len())
+}
+
+/// A repetition `{n}`, `{n,}`, `{n,m}` (or Python's `{,m}`) whose body
+/// starts at `at`: just past its `}`, and whether Rust accepts it (`false`
+/// for a missing lower bound). `None` when it is not a repetition.
+fn repetition(b: &[u8], at: usize) -> Option<(usize, bool)> {
+    let digits = |from: usize| {
+        b.get(from..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
+    let lower = digits(at);
+    let mut i = at + lower;
+    if b.get(i) == Some(&b',') {
+        i += 1;
+        i += digits(i);
+    } else if lower == 0 {
+        return None;
+    }
+    if b.get(i) != Some(&b'}') {
+        return None;
+    }
+    Some((i + 1, lower > 0))
 }

@@ -68,25 +68,6 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// Puts back the previous definition of every rejected flag that was in
-    /// `previous` (the errors stay reported).
-    fn keeping(self, previous: &FlagSet) -> LoadReport {
-        let mut defs: Vec<FlagDefinition> = self.set.definitions().cloned().collect();
-        for e in &self.errors {
-            if !defs.iter().any(|d| d.key == e.key)
-                && let Some(old) = previous.get(&e.key)
-            {
-                tracing::warn!(flag = %e.key, "finsight-flags: keeping the last good definition of a rejected flag");
-                defs.push(old.clone());
-            }
-        }
-        let mut kept = FlagSet::from_definitions(defs);
-        let mut errors = self.errors;
-        errors.append(&mut kept.errors);
-        kept.errors = errors;
-        kept
-    }
-
     /// The set, or the first error when any flag was rejected: for callers
     /// that want all-or-nothing loading.
     ///
@@ -509,14 +490,18 @@ impl FlagSet {
     /// [`Error::Document`] when the text is not JSON or has neither shape;
     /// then nothing is loaded.
     pub fn from_json(json: &str) -> Result<LoadReport, Error> {
+        Self::load_json(json, None)
+    }
+
+    fn load_json(json: &str, previous: Option<&FlagSet>) -> Result<LoadReport, Error> {
         // Fast path: one pass when every flag deserializes; otherwise split the
         // document and deserialize each flag on its own to name the bad ones.
         let mut loader = Loader::default();
         if crate::load::load_document(json, &mut loader).is_some() {
-            return Ok(loader.finish());
+            return Ok(loader.finish_keeping(previous, &[]));
         }
         let raws = split_document(json)?;
-        Ok(Self::from_raw(raws.iter().map(|r| r.get()), None))
+        Ok(Self::from_raw(raws.iter().map(|r| r.get()), previous))
     }
 
     /// Deserializes each flag's JSON text on its own, validates the lot, and
@@ -525,8 +510,10 @@ impl FlagSet {
         raws: impl IntoIterator<Item = &'a str>,
         previous: Option<&FlagSet>,
     ) -> LoadReport {
-        let mut defs = Vec::new();
+        let mut loader = Loader::default();
         let mut errors = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut added = 0;
         for (i, raw) in raws.into_iter().enumerate() {
             match parse_one(raw) {
                 Ok(def) if def.key.is_empty() => errors.push(FlagError::new(
@@ -534,20 +521,23 @@ impl FlagSet {
                     "key",
                     "the flag has no key; every flag needs a non-empty `key`",
                 )),
-                Ok(def) => defs.push(def),
+                Ok(def) => {
+                    loader.add_definition(added, def);
+                    added += 1;
+                }
                 Err((key, field, msg)) => {
+                    if let Some(k) = &key {
+                        unreadable.push(k.clone());
+                    }
                     let key = key.unwrap_or_else(|| format!("#{i}"));
                     errors.push(FlagError::new(key, field, msg));
                 }
             }
         }
-        let mut report = Self::from_definitions(defs);
+        let mut report = loader.finish_keeping(previous, &unreadable);
         errors.append(&mut report.errors);
         report.errors = errors;
-        match previous {
-            Some(previous) if !report.errors.is_empty() => report.keeping(previous),
-            _ => report,
-        }
+        report
     }
 
     /// Validates and compiles definitions (see the type docs for what is
@@ -564,15 +554,17 @@ impl FlagSet {
     /// `previous` keeps its previous definition, so a bad edit never removes
     /// a flag that was being served. The errors are still reported.
     ///
+    /// Kept definitions are put back before prerequisites are resolved, so
+    /// a good new flag may require a flag whose new definition was rejected
+    /// and whose previous one is kept. A flag rejected only because of its
+    /// prerequisites keeps its previous definition too, if it had one.
+    /// Costs a load plus, per kept flag, building its previous definition
+    /// and compiling it again.
+    ///
     /// # Errors
     /// [`Error::Document`] as [`FlagSet::from_json`]; the caller keeps `previous`.
     pub fn from_json_keeping(json: &str, previous: &FlagSet) -> Result<LoadReport, Error> {
-        let report = Self::from_json(json)?;
-        Ok(if report.errors.is_empty() {
-            report
-        } else {
-            report.keeping(previous)
-        })
+        Self::load_json(json, Some(previous))
     }
 
     /// The definition of `key`, if loaded: a hash lookup. For a set read

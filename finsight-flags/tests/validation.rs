@@ -178,3 +178,176 @@ fn definitions_roundtrip_through_json() {
     let r = FlagSet::from_json(&text).unwrap();
     assert_eq!(r.set.get("rt"), Some(&def));
 }
+
+fn regex_flag(key: &str, pattern: &str) -> serde_json::Value {
+    let mut f = good(key);
+    f["targeting_rules"] =
+        json!([{"rule_type": "user_id", "operator": "regex_match", "values": [pattern]}]);
+    f
+}
+
+#[test]
+fn python_only_regex_syntax_says_rust_cannot_express_it() {
+    // Each is accepted by Python's `re`; Rust's regex refuses it, or (the
+    // possessive quantifiers) would compile it as a nested repetition that
+    // matches differently (`a++a` never matches in Python, would in Rust).
+    let python_only = [
+        ("end-z", r"abc\Z", "\\Z"),
+        ("comment", r"ab(?#a comment)c", "comment"),
+        ("conditional", r"(<)?\w+(?(1)>|$)", "conditional"),
+        ("possessive-plus", r"a++a", "possessive"),
+        ("possessive-star", r"\d*+x", "possessive"),
+        ("possessive-opt", r"a?+", "possessive"),
+        ("possessive-counted", r"a{2,3}+", "possessive"),
+        ("lookahead", r"(?=admin)\w+", "look-around"),
+        ("neg-lookahead", r"(?!admin)\w+", "look-around"),
+        ("lookbehind", r"\w+(?<=x)", "look-around"),
+        ("neg-lookbehind", r"\w+(?<!x)", "look-around"),
+        ("backref", r"(a)\1", "backreference"),
+        ("named-backref", r"(?P<x>a)(?P=x)", "backreference"),
+        ("atomic", r"(?>ab|a)c", "atomic"),
+        ("ascii-flag", r"(?a)\w+", "ASCII"),
+        ("octal", r"a\012", "octal"),
+        ("no-lower-bound", r"a{,3}b", "{0,n}"),
+        ("literal-brace", r"id{x}", "\\{"),
+        ("backspace-class", r"[\b]", "backspace"),
+        ("nested-class", r"[a[b]", "nested"),
+        ("set-op", r"[a-z&&aeiou]", "set operations"),
+    ];
+    let mut flags: Vec<_> = python_only
+        .iter()
+        .map(|(k, p, _)| regex_flag(k, p))
+        .collect();
+    flags.push(good("ok"));
+    let r = load(json!(flags));
+    for (key, pattern, what) in python_only {
+        let (field, msg) = only_error(&r, key);
+        assert_eq!(field, "targeting_rules[0].values[0]");
+        assert!(
+            msg.contains("Rust's regex engine cannot express"),
+            "{pattern}: {msg}"
+        );
+        assert!(!msg.contains("not a valid regular expression"), "{msg}");
+        assert!(msg.contains(what), "{pattern}: {msg}");
+    }
+    assert_eq!(r.set.len(), 1);
+}
+
+#[test]
+fn regex_syntax_common_to_both_engines_still_loads() {
+    let patterns = [
+        r"^\d{3}-\d{4}",
+        r"a{2}",
+        r"a{2,}",
+        r"a+?b*?c??",
+        r"(?i)admin",
+        r"(?P<name>\w+)@example\.com",
+        r"[]a]",
+        r"[^]a]+",
+        r"(?:a|b)+",
+        r"[\w.-]+",
+        r"\p{Greek}+",
+        r"\x{41}",
+        "(?x) user- \\d+ # the numeric users",
+    ];
+    let flags: Vec<_> = patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| regex_flag(&format!("re{i}"), p))
+        .collect();
+    let r = load(json!(flags));
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.set.len(), patterns.len());
+}
+
+#[test]
+fn verbose_pattern_ending_in_a_comment_matches_like_python() {
+    // re.match(r"(?x) user- \d+ # numeric users", "user-42") matches.
+    let engine = finsight_flags::FlagEngine::new(
+        load(json!([regex_flag("v", "(?x) user- \\d+ # numeric users")]))
+            .strict()
+            .unwrap(),
+    );
+    let ctx = |id: &str| finsight_flags::EvaluationContext::new().user_id(id);
+    assert!(engine.is_enabled("v", &ctx("user-42")));
+    assert!(!engine.is_enabled("v", &ctx("user-x")));
+}
+
+#[test]
+fn dollar_matches_only_at_the_very_end_unlike_python() {
+    // Documented difference: Python's `$` (without MULTILINE) also matches
+    // just before a final "\n", so re.match(r"abc$", "abc\n") matches; here
+    // `$` is Rust's end-of-text anchor and it does not. Both agree elsewhere.
+    let engine =
+        finsight_flags::FlagEngine::new(load(json!([regex_flag("end", "abc$")])).strict().unwrap());
+    let ctx = |id: &str| finsight_flags::EvaluationContext::new().user_id(id);
+    assert!(engine.is_enabled("end", &ctx("abc")));
+    assert!(!engine.is_enabled("end", &ctx("abcd")));
+    assert!(!engine.is_enabled("end", &ctx("abc\n")));
+}
+
+#[test]
+fn a_good_flag_may_require_a_flag_kept_from_the_last_good_set() {
+    let previous = load(json!([good("a")])).strict().unwrap();
+    // `a` turns bad (kept from `previous`); the new `b` requires it.
+    let mut bad_a = good("a");
+    bad_a["rollout_percentage"] = json!(500);
+    let mut b = good("b");
+    b["prerequisites"] = json!(["a"]);
+    for doc in [
+        json!([bad_a.clone(), b.clone()]),
+        json!([b.clone(), bad_a.clone()]),
+    ] {
+        let r = FlagSet::from_json_keeping(&doc.to_string(), &previous).unwrap();
+        assert_eq!(
+            r.errors
+                .iter()
+                .map(|e| (e.key.as_str(), e.field.as_str()))
+                .collect::<Vec<_>>(),
+            [("a", "rollout_percentage")],
+            "only `a` is reported: {:?}",
+            r.errors
+        );
+        assert_eq!(r.set.get("a").unwrap().rollout_percentage, 100, "kept");
+        assert!(r.set.contains("b"), "the good new flag requiring `a` loads");
+        let engine = finsight_flags::FlagEngine::new(r.set);
+        let ctx = finsight_flags::EvaluationContext::new().user_id("u");
+        assert!(engine.is_enabled("b", &ctx));
+    }
+    // The same through a flag that does not deserialize (the slow path).
+    let mut unreadable_a = good("a");
+    unreadable_a["rollout_percentage"] = json!("all");
+    let r = FlagSet::from_json_keeping(&json!([b.clone(), unreadable_a]).to_string(), &previous)
+        .unwrap();
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.set.contains("a") && r.set.contains("b"));
+}
+
+#[test]
+fn a_flag_rejected_for_its_prerequisites_keeps_its_last_good_definition() {
+    let mut old_b = good("b");
+    old_b["rollout_percentage"] = json!(40);
+    let previous = load(json!([good("a"), old_b])).strict().unwrap();
+    // The new `b` requires `x`, which is new and bad: `b` keeps its old
+    // definition, both problems are reported, `a` is updated.
+    let mut x = good("x");
+    x["rollout_percentage"] = json!(-3);
+    let mut new_b = good("b");
+    new_b["prerequisites"] = json!(["x"]);
+    let mut new_a = good("a");
+    new_a["rollout_percentage"] = json!(7);
+    let r = FlagSet::from_json_keeping(&json!([new_a, new_b, x]).to_string(), &previous).unwrap();
+    let mut reported: Vec<(&str, &str)> = r
+        .errors
+        .iter()
+        .map(|e| (e.key.as_str(), e.field.as_str()))
+        .collect();
+    reported.sort();
+    assert_eq!(
+        reported,
+        [("b", "prerequisites[0]"), ("x", "rollout_percentage")]
+    );
+    assert_eq!(r.set.get("b").unwrap().rollout_percentage, 40);
+    assert_eq!(r.set.get("a").unwrap().rollout_percentage, 7);
+    assert!(!r.set.contains("x"));
+}
