@@ -309,6 +309,11 @@ impl Loader {
                 None => Vec::new(),
             };
             if redo.is_empty() {
+                // A restored flag failing like its new definition: report once.
+                if let Some(v) = verdict.as_mut() {
+                    let reported = &self.errors;
+                    v.errors.retain(|e| !reported.contains(e));
+                }
                 self.apply(verdict);
                 return self.report();
             }

@@ -351,3 +351,18 @@ fn a_flag_rejected_for_its_prerequisites_keeps_its_last_good_definition() {
     assert_eq!(r.set.get("a").unwrap().rollout_percentage, 7);
     assert!(!r.set.contains("x"));
 }
+
+#[test]
+fn a_flag_whose_prerequisite_was_removed_is_dropped_and_reported_once() {
+    let mut b = good("b");
+    b["prerequisites"] = json!(["a"]);
+    let previous = load(json!([good("a"), b.clone()])).strict().unwrap();
+    // `a` is deleted on purpose; `b` (old and new alike) cannot load without it.
+    let r = FlagSet::from_json_keeping(&json!([b]).to_string(), &previous).unwrap();
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(
+        (r.errors[0].key.as_str(), r.errors[0].field.as_str()),
+        ("b", "prerequisites[0]")
+    );
+    assert!(r.set.is_empty());
+}
