@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | `finsight_cache` L2 | [`SharedRedis::cache_options`] | `GET`/`SET`/`DEL`, fetch and lease scripts, `SCAN` | with `Invalidation::Tracking`/`PubSub`: the tracking and pub/sub connections (per-connection state); the instance's own writes then go through the tracking connection (`NOLOOP`) |
 //! | `finsight_ratelimit` | [`SharedRedis::rate_limit_backend`] | every check (`EVALSHA`) | none |
-//! | `finsight_flags` sticky store | [`SharedRedis::sticky_store`] | preload `MGET`, write-behind `SET` | none |
+//! | `finsight_flags` sticky store | [`SharedRedis::sticky_store`] | preload `MGET`, write-behind `SET … EX … NX` (first assignment kept; a stale one replaced with `SET`) | none |
 //! | `finsight_flags` flag source | [`SharedRedis::flag_source`] | `HGETALL`, `HSET`, `HDEL`, `PUBLISH` | the `watch` pub/sub listener |
 //!
 //! A subscribed or tracking connection cannot carry other commands, which is
