@@ -5,10 +5,9 @@
 //! reference on realistic documents and on many mutated and generated ones
 //! (proptest, fixed seeds).
 
-use finsight_flags::{FlagDefinition, FlagError, FlagSet, LoadReport};
+use finsight_flags::{FlagDefinition, FlagSet};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 fn config(cases: u32, seed: u64) -> Config {
@@ -20,79 +19,14 @@ fn config(cases: u32, seed: u64) -> Config {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Wrapped {
-    flags: Vec<FlagDefinition>,
-}
-
-#[derive(serde::Deserialize)]
-struct WrappedRaw {
-    flags: Vec<Box<RawValue>>,
-}
-
-/// The reference for a document every flag of which deserializes:
-/// `from_definitions` of the deserialized definitions.
-fn typed(text: &str) -> Option<Vec<FlagDefinition>> {
-    match text.trim_start().as_bytes().first() {
-        Some(b'[') => serde_json::from_str::<Vec<FlagDefinition>>(text).ok(),
-        Some(b'{') => serde_json::from_str::<Wrapped>(text).ok().map(|w| w.flags),
-        _ => None,
-    }
-}
-
-/// The flags of a document, each as its own JSON text.
-fn elements(text: &str) -> Option<Vec<Box<RawValue>>> {
-    match text.trim_start().as_bytes().first() {
-        Some(b'[') => serde_json::from_str::<Vec<Box<RawValue>>>(text).ok(),
-        Some(b'{') => serde_json::from_str::<WrappedRaw>(text)
-            .ok()
-            .map(|w| w.flags),
-        _ => None,
-    }
-}
-
-fn definitions(r: &LoadReport) -> Vec<FlagDefinition> {
-    r.set.definitions().cloned().collect()
-}
+mod reference;
 
 /// Checks `from_json(text)` against the reference; returns whether every
 /// flag of the document deserialized.
 fn check(text: &str) -> Result<bool, TestCaseError> {
-    // (Not `Value`: like serde's derive for unknown fields, `RawValue`
-    // checks a number's syntax only, so `1e400` in an unknown field loads.)
-    let got = FlagSet::from_json(text);
-    match (typed(text), elements(text)) {
-        (Some(defs), _) => {
-            let want = FlagSet::from_definitions(defs);
-            let got = got.map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
-            prop_assert_eq!(&got.errors, &want.errors, "{}", text);
-            prop_assert_eq!(definitions(&got), definitions(&want), "{}", text);
-            let keys: Vec<&str> = got.set.keys().collect();
-            let want_keys: Vec<&str> = want.set.keys().collect();
-            prop_assert_eq!(keys, want_keys);
-            Ok(true)
-        }
-        (None, Some(raws)) => {
-            // Some flag does not deserialize: it must be reported, the others loaded.
-            let got = got.map_err(|e| TestCaseError::fail(format!("{e}: {text}")))?;
-            let good: Vec<FlagDefinition> = raws
-                .iter()
-                .filter_map(|r| serde_json::from_str::<FlagDefinition>(r.get()).ok())
-                .filter(|d| !d.key.is_empty())
-                .collect();
-            let bad = raws.len() - good.len();
-            let want = FlagSet::from_definitions(good);
-            prop_assert_eq!(definitions(&got), definitions(&want), "{}", text);
-            prop_assert!(got.errors.len() >= bad, "{:?} for {}", got.errors, text);
-            let first: Vec<&FlagError> = got.errors.iter().take(1).collect();
-            prop_assert!(first.iter().all(|e| !e.field.is_empty()), "{:?}", first);
-            Ok(false)
-        }
-        (None, None) => {
-            prop_assert!(got.is_err(), "a non-flag document was loaded: {}", text);
-            Ok(false)
-        }
-    }
+    reference::check(text)
+        .map(|c| c.all_typed)
+        .map_err(|e| TestCaseError::fail(format!("{e}: {text}")))
 }
 
 /// Flags covering every field, escapes, non-ASCII text, numbers of every
@@ -171,8 +105,8 @@ fn realistic_documents_match_the_reference() {
 }
 
 /// The fuzz target's seeds, and any input it found that once failed
-/// (`fuzz/seeds/flag_json`, see `scripts/fuzz.sh`), pass the same check on
-/// every test run.
+/// (`fuzz/seeds/flag_json`, see `scripts/fuzz.sh`), go through what the
+/// fuzz target does on every test run.
 #[test]
 fn fuzz_seeds_match_the_reference() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/flag_json");
@@ -181,7 +115,10 @@ fn fuzz_seeds_match_the_reference() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
         let text = String::from_utf8_lossy(&bytes);
-        check(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let checked = reference::check(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Some(report) = checked.report {
+            reference::evaluate_all(report, &text);
+        }
         n += 1;
     }
     assert!(n >= 10, "the seeds are missing from {dir}");
