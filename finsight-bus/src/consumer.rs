@@ -106,7 +106,8 @@ pub struct ConsumerStats {
     pub settle_errors: u64,
     /// Dead letters the broker did not take ([`Error::DeadLetterNotStored`]:
     /// no queue bound for the dead-letter routing key, a nack, a confirm
-    /// timeout). The original was requeued, not acknowledged, and comes back;
+    /// timeout). The original was kept for redelivery (requeued, or left
+    /// pending on Redis), not acknowledged, and comes back;
     /// a value that keeps growing means the dead-letter topology is broken.
     pub dead_letter_failures: u64,
 }
@@ -162,7 +163,21 @@ pub struct ConsumerBuilder {
     resubscribe_initial: Duration,
     resubscribe_max: Duration,
     subscribe_timeout: Duration,
-    settle_timeout: Duration,
+    /// `None`: derived from the backend's [`Transport::settle_bound`].
+    settle_timeout: Option<Duration>,
+}
+
+/// The settle timeout of a consumer without an explicit one: 30 s, or the
+/// backend's own bound of a settle plus [`SETTLE_MARGIN`] when that is longer.
+const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much longer than the backend's own bound a derived settle timeout is.
+const SETTLE_MARGIN: Duration = Duration::from_secs(10);
+
+fn default_settle_timeout(bound: Option<Duration>) -> Duration {
+    bound.map_or(DEFAULT_SETTLE_TIMEOUT, |b| {
+        DEFAULT_SETTLE_TIMEOUT.max(b.saturating_add(SETTLE_MARGIN))
+    })
 }
 
 impl std::fmt::Debug for ConsumerBuilder {
@@ -192,7 +207,7 @@ impl ConsumerBuilder {
             resubscribe_initial: Duration::from_millis(100),
             resubscribe_max: Duration::from_secs(5),
             subscribe_timeout: Duration::from_secs(30),
-            settle_timeout: Duration::from_secs(30),
+            settle_timeout: None,
         }
     }
 
@@ -246,12 +261,22 @@ impl ConsumerBuilder {
         self
     }
     /// Longest wait for one settle (ack, requeue, dead-letter publish and
-    /// ack; default 30 s). A settle that does not finish in time counts in
+    /// ack). A settle that does not finish in time counts in
     /// [`ConsumerStats::settle_errors`] and frees its concurrency slot; the
     /// broker redelivers the message when the connection closes. The timer
     /// starts when the settle first has to wait (an in-memory ack never does).
+    ///
+    /// Default: 30 s, or — when the backend bounds a settle by timeouts of
+    /// its own ([`Transport::settle_bound`]) and that bound is longer — the
+    /// bound plus 10 s. On RabbitMQ the bound is `confirm_timeout +
+    /// dead_letter_retry_delay` plus 1 s (32 s with the RabbitMQ defaults,
+    /// so the default here is 42 s): a dead letter whose confirm times out
+    /// has its original requeued by the backend, instead of being cut off by
+    /// this timeout and left unacknowledged until its channel closes. Set
+    /// explicitly, keep it above that bound; a shorter value is logged at
+    /// `warn` when the consumer starts.
     pub fn settle_timeout(mut self, timeout: Duration) -> Self {
-        self.settle_timeout = timeout.max(Duration::from_millis(1));
+        self.settle_timeout = Some(timeout.max(Duration::from_millis(1)));
         self
     }
 
@@ -264,6 +289,23 @@ impl ConsumerBuilder {
     pub fn start(self) -> Result<ConsumerHandle> {
         let spec = self.bus.topology().require_queue(&self.queue)?;
         self.router.check(spec)?;
+        let bound = self.bus.transport().settle_bound();
+        let settle_timeout = match self.settle_timeout {
+            None => default_settle_timeout(bound),
+            Some(t) => {
+                if let Some(b) = bound.filter(|b| t <= *b) {
+                    warn!(
+                        queue = %self.queue,
+                        settle_timeout = ?t,
+                        backend_bound = ?b,
+                        "settle_timeout is not above the backend's own bound of a settle: \
+                         a dead letter that waits for its confirm may be abandoned, leaving \
+                         its original unacknowledged until the channel closes"
+                    );
+                }
+                t
+            }
+        };
         let (stop_tx, stop_rx) = watch::channel(None);
         let stats = Arc::new(Stats::default());
         let shared = Arc::new(Shared {
@@ -285,7 +327,7 @@ impl ConsumerBuilder {
             resubscribe_initial: self.resubscribe_initial,
             resubscribe_max: self.resubscribe_max,
             subscribe_timeout: self.subscribe_timeout,
-            settle_timeout: self.settle_timeout,
+            settle_timeout,
         });
         let task = tokio::spawn(run(shared, stop_rx));
         Ok(ConsumerHandle {
@@ -951,5 +993,15 @@ mod tests {
         assert_eq!(p.backoff(2), Duration::from_millis(200));
         assert_eq!(p.backoff(3), Duration::from_millis(300));
         assert_eq!(p.backoff(40), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn default_settle_timeout_is_above_the_backends_bound() {
+        let s = Duration::from_secs;
+        assert_eq!(default_settle_timeout(None), s(30));
+        assert_eq!(default_settle_timeout(Some(s(1))), s(30));
+        // RabbitMQ defaults: confirm 30 s + retry delay 1 s + 1 s.
+        assert_eq!(default_settle_timeout(Some(s(32))), s(42));
+        assert_eq!(default_settle_timeout(Some(Duration::MAX)), Duration::MAX);
     }
 }

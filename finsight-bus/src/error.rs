@@ -92,12 +92,15 @@ pub enum Error {
     },
     /// The broker did not take the dead letter of a message from `queue`
     /// (no queue bound for the dead-letter routing key, a nack, no confirm in
-    /// time): the original was **not** acknowledged but requeued (after the
-    /// backend's dead-letter retry delay), so it is not lost. Fix the
-    /// dead-letter topology; counted in
-    /// [`ConsumerStats::dead_letter_failures`](crate::ConsumerStats::dead_letter_failures).
+    /// time): the original was **not** acknowledged but kept for redelivery,
+    /// so it is not lost — requeued after the backend's dead-letter retry
+    /// delay (RabbitMQ, in memory) or left pending (Redis Streams: delivered
+    /// again after `claim_min_idle` or on re-subscribe). Fix the dead-letter
+    /// topology; counted in
+    /// [`ConsumerStats::dead_letter_failures`](crate::ConsumerStats::dead_letter_failures)
+    /// and [`Health::dead_letter_failures`](crate::Health::dead_letter_failures).
     #[error(
-        "dead letter of a message from queue `{queue}` not stored by the broker ({outcome}); the original was requeued, not acknowledged"
+        "dead letter of a message from queue `{queue}` not stored by the broker ({outcome}); the original was kept for redelivery, not acknowledged"
     )]
     DeadLetterNotStored {
         /// The queue the original came from.

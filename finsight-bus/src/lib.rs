@@ -74,8 +74,14 @@
 //! # Delivery guarantees
 //!
 //! At-least-once: a message is acknowledged only after every handler for its
-//! type succeeded, or after it was dead-lettered. Redelivery after reconnects
-//! means handlers must be idempotent (or use a duplicate filter).
+//! type succeeded, or after the broker took its dead letter. A dead letter
+//! the broker does not take (no queue bound for the dead-letter routing key,
+//! nacked, not confirmed in time) leaves the original in its queue on every
+//! backend, counted in [`Health::dead_letter_failures`] and
+//! [`ConsumerStats::dead_letter_failures`]. (Messages RabbitMQ dead-letters
+//! itself, e.g. on TTL expiry, are dropped by the broker when its DLX cannot
+//! route them.) Redelivery after reconnects means handlers must be
+//! idempotent (or use a duplicate filter).
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(

@@ -334,8 +334,12 @@ impl MemoryBroker {
     /// that case: it is requeued and redelivered, and the settle fails with
     /// [`Error::DeadLetterNotStored`]. The delay keeps a broken dead-letter
     /// route from turning into a hot redelivery loop; the held delivery keeps
-    /// its prefetch and concurrency slot meanwhile. Keep it well below the
-    /// consumer's settle timeout.
+    /// its prefetch and concurrency slot meanwhile. A consumer started
+    /// afterwards with the default settle timeout waits at least this long
+    /// plus 10 s for a settle ([`Transport::settle_bound`]); one started
+    /// before, or with a shorter explicit settle timeout, may abandon the
+    /// held settle (the original is then requeued at once, counted in
+    /// `ConsumerStats::settle_errors`).
     pub fn set_dead_letter_retry_delay(&self, delay: Duration) {
         self.inner
             .dead_letter_retry_ns
@@ -660,7 +664,16 @@ impl Transport for MemoryBroker {
             unconfirmed: 0,
             queues,
             dead_letter_depth: dlq,
+            dead_letter_failures: self.dead_letter_failures(),
         }))
+    }
+
+    /// The dead-letter retry delay: an unstored dead letter holds its
+    /// original that long (see [`MemoryBroker::set_dead_letter_retry_delay`]).
+    fn settle_bound(&self) -> Option<Duration> {
+        Some(Duration::from_nanos(
+            self.inner.dead_letter_retry_ns.load(Ordering::Relaxed),
+        ))
     }
 
     fn close(&self, _deadline: Duration) -> BoxFuture<'_, Result<()>> {

@@ -61,7 +61,10 @@ pub struct RabbitConfig {
     /// and is the pipelining depth; RabbitMQ's guidance is 100–1 000.
     pub confirm_window: usize,
     /// How long to wait for one confirm (default 30 s) before
-    /// [`PublishOutcome::TimedOut`].
+    /// [`PublishOutcome::TimedOut`]. Also bounds a consumer's dead-letter
+    /// publish (window slot and reconnect included); see
+    /// [`RabbitConfig::dead_letter_retry_delay`] for how it sets the
+    /// consumer's default settle timeout.
     pub confirm_timeout: Duration,
     /// Bound of one connection attempt, and separately of the set-up after it
     /// (topology declaration, publish channel) (default 10 s).
@@ -77,8 +80,15 @@ pub struct RabbitConfig {
     /// (unroutable, nacked, timed out) is held before it is requeued with
     /// `basic.nack requeue=true` (default 1 s). It bounds the redelivery
     /// loop of a message that cannot be dead-lettered; the held delivery
-    /// keeps its prefetch and concurrency slot meanwhile. Keep it well below
-    /// the consumer's settle timeout (default 30 s).
+    /// keeps its prefetch and concurrency slot meanwhile.
+    ///
+    /// A dead-letter settle thus takes up to `confirm_timeout +
+    /// dead_letter_retry_delay` + 1 s ([`Transport::settle_bound`]); a
+    /// consumer's default settle timeout is that plus 10 s (42 s with the
+    /// defaults), so the requeue always runs. An explicit
+    /// `ConsumerBuilder::settle_timeout` at or below the bound is logged at
+    /// `warn`: it may abandon a dead letter whose confirm is late and leave
+    /// the original unacknowledged until its channel closes.
     pub dead_letter_retry_delay: Duration,
 }
 
@@ -640,8 +650,23 @@ impl Transport for RabbitMq {
                 unconfirmed: self.inner.unconfirmed.load(Ordering::Relaxed),
                 queues,
                 dead_letter_depth: dlq,
+                dead_letter_failures: self.dead_letter_failures(),
             }
         })
+    }
+
+    /// `confirm_timeout + dead_letter_retry_delay` plus the liveness check
+    /// (1 s): the longest a dead-letter settle takes by this backend's own
+    /// timeouts — its publish is bounded by `confirm_timeout`, an unstored
+    /// dead letter holds the original for the retry delay, and the ack or
+    /// requeue after it fails within a second once the channel closed.
+    fn settle_bound(&self) -> Option<Duration> {
+        let c = &self.inner.config;
+        Some(
+            c.confirm_timeout
+                .saturating_add(c.dead_letter_retry_delay)
+                .saturating_add(LIVENESS_CHECK),
+        )
     }
 
     fn close(&self, deadline: Duration) -> BoxFuture<'_, Result<()>> {
@@ -871,13 +896,23 @@ impl Acker for RabbitAcker {
             // Mandatory: a dead letter no queue takes is returned, not
             // silently confirmed.
             let opts = PublishOptions { mandatory: true };
-            let outcome = match self.transport.publish_raw(&dlx, message, opts).await {
-                Ok(p) => p.await,
-                Err(e) => {
-                    debug!(error = %e, "publishing the dead letter failed");
-                    PublishOutcome::ConnectionLost
+            // The whole publish — waiting for a window slot or a reconnect
+            // included — is bounded by `confirm_timeout`, so this settle ends
+            // within `settle_bound` and the consumer's settle timeout (set
+            // above it) does not cut it off before the requeue below.
+            let publish = async {
+                match self.transport.publish_raw(&dlx, message, opts).await {
+                    Ok(p) => p.await,
+                    Err(e) => {
+                        debug!(error = %e, "publishing the dead letter failed");
+                        PublishOutcome::ConnectionLost
+                    }
                 }
             };
+            let confirm_timeout = self.transport.inner.config.confirm_timeout;
+            let outcome = tokio::time::timeout(confirm_timeout, publish)
+                .await
+                .unwrap_or(PublishOutcome::TimedOut);
             if outcome.is_confirmed() {
                 return self
                     .link

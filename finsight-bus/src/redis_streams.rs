@@ -21,10 +21,13 @@
 //!   the original stays pending — it is delivered again after
 //!   [`RedisStreamsConfig::claim_min_idle`] or when its consumer subscribes
 //!   again — and the failure is logged at `error` level and counted in
-//!   [`RedisStreams::dead_letter_failures`]. (RabbitMQ drops a dead letter its
-//!   DLX cannot route; this backend keeps the message instead.)
+//!   [`RedisStreams::dead_letter_failures`] and [`Health::dead_letter_failures`]
+//!   (consumer dead letters on RabbitMQ and in memory are kept the same way).
 //!   `x-message-ttl` is honoured at read time (entry id time older than the
-//!   TTL → dead-letter with `x-first-death-reason: expired`);
+//!   TTL → dead-letter with `x-first-death-reason: expired`, through the same
+//!   path, so an expired entry whose dead letter cannot be written stays
+//!   pending too — where RabbitMQ drops an expired message its DLX cannot
+//!   route);
 //! * every redelivery reports the real delivery count from the pending list
 //!   (`XPENDING`), and an entry delivered more than
 //!   [`RedisStreamsConfig::delivery_limit`] times is dead-lettered with reason
@@ -34,6 +37,10 @@
 //!   subscribe (a process that crashes on a message and restarts under the
 //!   same consumer name, e.g. the default `finsight-<pid>` in a container,
 //!   where the pid is always 1);
+//! * `XAUTOCLAIM` continues from the cursor Redis returned in the previous
+//!   round (one call looks at no more than ten times its `COUNT` entries), so
+//!   a long pending list is scanned through instead of from its head every
+//!   [`RedisStreamsConfig::claim_interval`];
 //! * the pending list is bounded: a consumer reads only as many entries as
 //!   it has free prefetch slots, so the group's pending entries never exceed
 //!   the sum of its consumers' prefetch.
@@ -105,7 +112,10 @@ pub struct RedisStreamsConfig {
     pub max_len: usize,
     /// How long one `XREADGROUP` blocks (default 1 s).
     pub block: Duration,
-    /// Pending entries idle this long are reclaimed (default 30 s).
+    /// Pending entries idle this long are reclaimed (default 30 s). Keep it
+    /// above the longest time a message can take to handle (handler timeout
+    /// × attempts plus backoff): an entry idle this long is taken over even
+    /// from the consumer still handling it, and then handled twice.
     pub claim_min_idle: Duration,
     /// How often a consumer looks for stuck entries (default 5 s).
     pub claim_interval: Duration,
@@ -845,6 +855,7 @@ impl Transport for RedisStreams {
                 unconfirmed: self.inner.unconfirmed.load(Ordering::Relaxed),
                 queues,
                 dead_letter_depth: dlq,
+                dead_letter_failures: self.dead_letter_failures(),
             }
         })
     }
@@ -940,6 +951,8 @@ async fn read_loop(
     // the same consumer name), then new ones.
     let mut cursor = "0".to_owned();
     let mut last_claim = tokio::time::Instant::now();
+    // Where the next `XAUTOCLAIM` continues in the group's pending list.
+    let mut claim_from = CLAIM_START.to_owned();
     let r: Result<()> = async {
         loop {
             let Ok(mut permit) = slots.clone().acquire_owned().await else {
@@ -957,7 +970,7 @@ async fn read_loop(
             let mut entries: Vec<(StreamId, bool, u32)> = Vec::new();
             if last_claim.elapsed() >= cfg.claim_interval {
                 last_claim = tokio::time::Instant::now();
-                entries.extend(reclaim(&sub, &mut reader, count).await?);
+                entries.extend(reclaim(&sub, &mut reader, count, &mut claim_from).await?);
             }
             if entries.is_empty() {
                 let mut cmd = redis::cmd("XREADGROUP");
@@ -1036,12 +1049,22 @@ async fn read_loop(
     }
 }
 
-/// `XAUTOCLAIM`s entries idle longer than `claim_min_idle` (see
-/// [`redeliveries`] for what happens to them).
+/// Start of the pending list for `XAUTOCLAIM`.
+const CLAIM_START: &str = "0-0";
+
+/// `XAUTOCLAIM`s entries idle longer than `claim_min_idle`, starting at
+/// `from` (see [`redeliveries`] for what happens to them). One call claims
+/// at most `count` entries and looks at no more than ten times that many
+/// (Redis 7), so `from` is set to the cursor Redis returns: the next round
+/// goes on where this one stopped, and a pending list longer than one call
+/// covers is scanned through instead of from its start every time (where
+/// entries still in progress at its head would hide stuck ones behind them).
+/// Redis returns `0-0` at the end of the list: the next round starts over.
 async fn reclaim(
     sub: &Sub,
     conn: &mut redis::aio::MultiplexedConnection,
     count: usize,
+    from: &mut String,
 ) -> Result<Vec<(StreamId, bool, u32)>> {
     let cfg = &sub.transport.inner.config;
     let idle = u64::try_from(cfg.claim_min_idle.as_millis()).unwrap_or(u64::MAX);
@@ -1050,7 +1073,7 @@ async fn reclaim(
         .arg(&cfg.group)
         .arg(&sub.consumer)
         .arg(idle)
-        .arg("0-0")
+        .arg(from.as_str())
         .arg("COUNT")
         .arg(count)
         .query_async(conn)
@@ -1058,15 +1081,22 @@ async fn reclaim(
     {
         Ok(r) => r,
         Err(e) if e.code() == Some("NOGROUP") => {
+            CLAIM_START.clone_into(from);
             recreate_group(sub, conn).await?;
             return Ok(Vec::new());
         }
         Err(e) => return Err(lost("XAUTOCLAIM", &e)),
     };
+    // An empty cursor (not seen from Redis) would be a syntax error next time.
+    if reply.next_stream_id.is_empty() {
+        CLAIM_START.clone_into(from);
+    } else {
+        from.clone_from(&reply.next_stream_id);
+    }
     let claimed = reply.claimed.len();
     let out = redeliveries(sub, conn, reply.claimed).await?;
     if claimed > 0 {
-        debug!(stream = %sub.stream, claimed, delivering = out.len(), "reclaimed stuck entries");
+        debug!(stream = %sub.stream, claimed, delivering = out.len(), next = %from, "reclaimed stuck entries");
     }
     Ok(out)
 }

@@ -167,7 +167,8 @@ pub trait Acker: Send + 'static {
     /// (unroutable: no queue bound for the dead-letter routing key; nacked;
     /// timed out), the original must not be removed: the backend keeps it
     /// for redelivery (after a delay, so a broken route does not spin hot)
-    /// and fails ([`Error::DeadLetterNotStored`] on RabbitMQ and in memory).
+    /// and fails with [`Error::DeadLetterNotStored`]. Count such failures
+    /// for [`Health::dead_letter_failures`].
     fn dead_letter(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>>;
 }
 
@@ -223,6 +224,14 @@ pub struct Health {
     pub queues: Vec<QueueDepth>,
     /// Depth of the dead-letter queue / stream.
     pub dead_letter_depth: Option<u64>,
+    /// Dead letters the broker did not take since start (no queue or stream
+    /// bound for the dead-letter routing key, nacked or refused, not
+    /// confirmed in time, connection lost). Each one kept its original for
+    /// redelivery instead of acknowledging it away, so nothing was lost, but
+    /// a value that keeps growing means the dead-letter route is broken. The
+    /// same number as the backend's `dead_letter_failures()`; counted by the
+    /// transport, so it covers every consumer on it. Free (an atomic load).
+    pub dead_letter_failures: u64,
 }
 
 /// A broker backend. See the module docs.
@@ -261,6 +270,19 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// A health snapshot of the declared topology. May do I/O (one round trip
     /// per queue on RabbitMQ and Redis).
     fn health(&self) -> BoxFuture<'_, Health>;
+
+    /// The longest one settle ([`Acker`] call) can take by this backend's
+    /// own timeouts and delays, when the backend bounds it — e.g. RabbitMQ's
+    /// dead-letter publish waits up to its confirm timeout and then holds the
+    /// original for its dead-letter retry delay before requeueing it. The
+    /// consumer's default settle timeout is set above this value, so the
+    /// backend's own recovery runs to its end instead of being cut off (see
+    /// [`crate::ConsumerBuilder::settle_timeout`]). `None` (the default): no
+    /// settle of this backend is meant to take longer than the consumer's
+    /// default of 30 s. Read once when a consumer starts; must be cheap.
+    fn settle_bound(&self) -> Option<Duration> {
+        None
+    }
 
     /// Waits (up to `deadline`) for outstanding confirms, then closes the
     /// connection.

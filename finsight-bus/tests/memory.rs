@@ -497,26 +497,7 @@ async fn an_ack_that_never_answers_frees_its_slot_after_the_settle_timeout() {
 async fn unroutable_dead_letter_requeues_after_the_retry_delay() {
     let broker = MemoryBroker::new();
     broker.set_dead_letter_retry_delay(Duration::from_secs(5));
-    let mut topology = Topology::finsight().consumer_queue("q");
-    topology.queue_mut("q").unwrap().dead_letter_routing_key = Some("nowhere".into());
-    let bus = bus_with(&broker, topology, "q").await;
-    let calls = Arc::new(AtomicU32::new(0));
-    let c2 = calls.clone();
-    let router = Router::new().on("e", move |_ctx: Context| {
-        c2.fetch_add(1, Ordering::SeqCst);
-        async { Err(HandlerError::msg("no")) }
-    });
-    let consumer = bus
-        .consumer("q", router)
-        .retry(RetryPolicy::none())
-        .start()
-        .unwrap();
-    bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap();
-    for _ in 0..100 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(broker.dead_letter_failures(), 1);
+    let (bus, consumer, calls) = unroutable_dead_letters(&broker, None).await;
     tokio::time::sleep(Duration::from_millis(4_900)).await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -532,6 +513,107 @@ async fn unroutable_dead_letter_requeues_after_the_retry_delay() {
     assert_eq!((st.acked, st.dead_lettered), (0, 0), "{st:?}");
     assert_eq!(st.dead_letter_failures, 1, "{st:?}");
     assert_eq!(broker.queue_len("finsight.dlq"), Some(0));
+    assert_eq!(bus.health().await.dead_letter_failures, 2);
+    drop(consumer);
+}
+
+/// A consumer on queue `q` whose handler always fails (no retries) and
+/// whose dead letters have no route; counts handler calls.
+async fn unroutable_dead_letters(
+    broker: &MemoryBroker,
+    settle_timeout: Option<Duration>,
+) -> (Bus, ConsumerHandle, Arc<AtomicU32>) {
+    let mut topology = Topology::finsight().consumer_queue("q");
+    topology.queue_mut("q").unwrap().dead_letter_routing_key = Some("nowhere".into());
+    let bus = bus_with(broker, topology, "q").await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let c2 = calls.clone();
+    let router = Router::new().on("e", move |_ctx: Context| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        async { Err(HandlerError::msg("no")) }
+    });
+    let mut builder = bus.consumer("q", router).retry(RetryPolicy::none());
+    if let Some(t) = settle_timeout {
+        builder = builder.settle_timeout(t);
+    }
+    let consumer = builder.start().unwrap();
+    bus.publish(&Envelope::new("e", &1).unwrap()).await.unwrap();
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(broker.dead_letter_failures(), 1);
+    (bus, consumer, calls)
+}
+
+/// The consumer's default settle timeout is derived from the backend's own
+/// bound of a settle (`Transport::settle_bound`; here the dead-letter retry
+/// delay, 45 s, longer than the 30 s default): the held dead-letter settle
+/// runs to its requeue and counts as a dead-letter failure, instead of
+/// being cut off by the settle timeout at 30 s (a settle error). On
+/// RabbitMQ the same derivation covers `confirm_timeout +
+/// dead_letter_retry_delay`, where a cut-off settle would leave the
+/// original unacknowledged until its channel closes.
+#[tokio::test(start_paused = true)]
+async fn default_settle_timeout_outlasts_the_backends_own_bound() {
+    let broker = MemoryBroker::new();
+    broker.set_dead_letter_retry_delay(Duration::from_secs(45));
+    assert_eq!(broker.settle_bound(), Some(Duration::from_secs(45)));
+    let (bus, consumer, calls) = unroutable_dead_letters(&broker, None).await;
+    tokio::time::sleep(Duration::from_millis(44_900)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "settle cut off early");
+    let st = consumer.stats();
+    assert_eq!(
+        (st.settle_errors, st.dead_letter_failures),
+        (0, 0),
+        "{st:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let st = consumer.stats();
+    assert_eq!(
+        (st.settle_errors, st.dead_letter_failures),
+        (0, 1),
+        "{st:?}"
+    );
+    assert_eq!((st.acked, st.dead_lettered), (0, 0), "{st:?}");
+    // The second delivery's dead letter failed too (and is being held).
+    let h = bus.health().await;
+    assert_eq!(h.dead_letter_failures, 2, "{h:?}");
+    assert_eq!(h.dead_letter_failures, broker.dead_letter_failures());
+    drop(consumer);
+}
+
+/// An explicit settle timeout at or below the backend's bound wins (and is
+/// logged at `warn`): the held dead-letter settle is abandoned at the
+/// timeout — a settle error; the in-memory broker requeues the dropped
+/// delivery at once, as RabbitMQ would only when the channel closes.
+#[tokio::test(start_paused = true)]
+async fn explicit_settle_timeout_below_the_bound_cuts_the_settle_off() {
+    let broker = MemoryBroker::new();
+    broker.set_dead_letter_retry_delay(Duration::from_secs(45));
+    let (_bus, consumer, calls) =
+        unroutable_dead_letters(&broker, Some(Duration::from_secs(20))).await;
+    tokio::time::sleep(Duration::from_millis(19_900)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "abandoned settle not requeued"
+    );
+    let st = consumer.stats();
+    assert_eq!(
+        (st.settle_errors, st.dead_letter_failures),
+        (1, 0),
+        "{st:?}"
+    );
     drop(consumer);
 }
 

@@ -270,6 +270,12 @@ async fn outage_redis_restarts_lose_no_confirmed_message() {
         st.subscriptions >= 4,
         "consumer did not re-subscribe after each outage: {st:?}"
     );
+    // Each restart re-established the shared publish/ack connection once
+    // (the publisher kept sending while Redis was down).
+    assert!(t.reconnects() >= 3, "reconnects: {}", t.reconnects());
+    let h = bus.health().await;
+    assert_eq!(h.reconnects, t.reconnects(), "{h:?}");
+    assert_eq!(h.dead_letter_failures, 0, "{h:?}");
     assert_eq!(handled.lock().await.len() as u64, TOTAL);
     drop(outage);
 }

@@ -171,7 +171,15 @@ async fn a_dead_letter_queue_without_its_binding_loses_no_message() {
     let st = consumer.stats();
     assert_eq!((st.acked, st.dead_lettered), (0, 0), "{st:?}");
     assert!(st.dead_letter_failures >= 1, "{st:?}");
-    assert_eq!(bus.health().await.dead_letter_depth, Some(0));
+    let h = bus.health().await;
+    assert_eq!(h.dead_letter_depth, Some(0), "{h:?}");
+    assert!(h.dead_letter_failures >= 2, "{h:?}");
+    // The consumer's default settle timeout lies above this backend's own
+    // bound of a dead-letter settle (confirm timeout + retry delay + 1 s).
+    assert_eq!(
+        t.settle_bound(),
+        Some(Duration::from_secs(30) + Duration::from_millis(200) + Duration::from_secs(1))
+    );
     // The binding is back (as on the next start): the message lands in the
     // dead-letter queue.
     t.declare(&topology).await.unwrap();

@@ -1,7 +1,8 @@
 //! Redis Streams specifics on the real Redis: XAUTOCLAIM of stuck entries,
 //! dead-letter stream after the delivery limit (also for a consumer that
 //! restarts under the same name), dead letters that cannot be written,
-//! bounded pending list, reconnect count, TTL at read time, MAXLEN trimming.
+//! bounded pending list, reconnect count, TTL at read time, MAXLEN trimming,
+//! reclaiming through a pending list longer than one `XAUTOCLAIM` covers.
 #![cfg(feature = "redis-streams")]
 
 use finsight_bus::redis_streams::{RedisStreams, RedisStreamsConfig};
@@ -351,6 +352,7 @@ async fn dead_letter_that_redis_refuses_leaves_the_original_pending() {
     assert!(dead.message.headers[HEADER_DEAD_LETTER_REASON].starts_with("delivery-limit"));
     assert_eq!(pending(&mut c, &queue_key).await, 0);
     assert_eq!(s.t.dead_letter_failures(), 2);
+    assert_eq!(s.bus.health().await.dead_letter_failures, 2);
 }
 
 /// A dead-letter routing key no stream is bound for: the dead letter is
@@ -374,6 +376,7 @@ async fn unroutable_dead_letter_leaves_the_original_pending() {
     assert_eq!(s.t.dead_letter_failures(), 1);
     let h = s.bus.health().await;
     assert_eq!(h.dead_letter_depth, Some(0), "{h:?}");
+    assert_eq!(h.dead_letter_failures, 1, "{h:?}");
 }
 
 /// An `XADD` that Redis refuses fails that message only (`Nacked`), not the
@@ -608,5 +611,145 @@ async fn pending_entry_trimmed_from_the_stream_is_acked_and_skipped() {
     assert_eq!(d.message.message_id.as_deref(), Some(env.message_id()));
     assert_eq!((d.delivery_count, d.redelivered), (1, false));
     d.acker.ack().await.unwrap();
+    assert_eq!(pending(&mut c, &key).await, 0);
+}
+
+/// Entry ids of `count` new entries read by `consumer` (`XREADGROUP >`).
+async fn read_as(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    consumer: &str,
+    count: usize,
+) -> Vec<String> {
+    let r: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("finsight")
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(">")
+        .query_async(c)
+        .await
+        .unwrap();
+    r.keys
+        .into_iter()
+        .flat_map(|k| k.ids)
+        .map(|i| i.id)
+        .collect()
+}
+
+/// Hands `ids` to consumer `dead` as if it had taken them an hour ago and
+/// died (`XCLAIM … IDLE`, `JUSTID`: delivery counts unchanged).
+async fn make_stuck(c: &mut redis::aio::MultiplexedConnection, key: &str, ids: &[String]) {
+    let _: Vec<String> = redis::cmd("XCLAIM")
+        .arg(key)
+        .arg("finsight")
+        .arg("dead")
+        .arg(0)
+        .arg(ids)
+        .arg("IDLE")
+        .arg(3_600_000)
+        .arg("JUSTID")
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
+/// Pending entries of one consumer.
+async fn pending_of(c: &mut redis::aio::MultiplexedConnection, key: &str, consumer: &str) -> usize {
+    let r: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(key)
+        .arg("finsight")
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg(consumer)
+        .query_async(c)
+        .await
+        .unwrap();
+    r.ids.len()
+}
+
+/// `XAUTOCLAIM` goes on where the previous round stopped. 15 entries at the
+/// head of the pending list are in progress (just delivered to a live
+/// consumer), 5 behind them are stuck. The reclaiming consumer has one free
+/// slot (`COUNT 1`), so one call looks at no more than 10 entries: a scan
+/// that restarted at `0-0` every round would look at the 10 entries in
+/// progress forever and never reach the stuck ones. When Redis reports the
+/// end of the list the scan starts over, so entries that got stuck at the
+/// head meanwhile are found too.
+#[tokio::test]
+async fn reclaim_scans_through_a_pending_list_longer_than_one_call() {
+    let s = setup_with(
+        5,
+        |_, _| {},
+        |c| {
+            // Only the entries made stuck below are idle long enough.
+            c.claim_min_idle = Duration::from_secs(600);
+            c.claim_interval = Duration::from_millis(20);
+        },
+    )
+    .await;
+    for n in 0..20u64 {
+        let env = Envelope::new("e", &n).unwrap();
+        assert!(s.bus.publish(&env).await.unwrap().is_confirmed());
+    }
+    let key = s.stream(&s.queue);
+    let mut c = raw().await;
+    let ids = read_as(&mut c, &key, "live", 20).await;
+    assert_eq!(ids.len(), 20);
+    make_stuck(&mut c, &key, &ids[15..]).await;
+
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = handled.clone();
+    let router = Router::new().on_typed("e", move |_c: Context, n: u64| {
+        h.lock().unwrap().push(n);
+        async { Ok(()) }
+    });
+    let consumer = s
+        .bus
+        .consumer(&s.queue, router)
+        .consumer_name("b")
+        .prefetch(1)
+        .concurrency(1)
+        .start()
+        .unwrap();
+    let wait = |n: usize| {
+        let handled = handled.clone();
+        async move {
+            for _ in 0..1500 {
+                if handled.lock().unwrap().len() >= n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        wait(5).await,
+        "stuck entries behind the head never reclaimed: {:?}",
+        handled.lock().unwrap()
+    );
+    let mut got = handled.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(got, (15..20).collect::<Vec<_>>());
+    assert_eq!(pending_of(&mut c, &key, "live").await, 15);
+
+    // The live consumer dies too: its entries, at the head, before where
+    // the scan is now, are found once the scan starts over.
+    make_stuck(&mut c, &key, &ids[..15]).await;
+    assert!(
+        wait(20).await,
+        "scan did not start over: {:?}",
+        handled.lock().unwrap()
+    );
+    let st = consumer.shutdown(Duration::from_secs(5)).await.unwrap();
+    let mut got = handled.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(got, (0..20).collect::<Vec<_>>(), "{st:?}");
+    assert_eq!(st.acked, 20, "{st:?}");
     assert_eq!(pending(&mut c, &key).await, 0);
 }

@@ -250,6 +250,7 @@ pub async fn failing_handler_is_retried_then_dead_lettered(t: Transport_) {
     assert_eq!(m.json().unwrap(), serde_json::json!({"n": 1}));
     let st = c.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_eq!((st.dead_lettered, st.retries, st.acked), (1, 2, 0));
+    assert_eq!(s.bus.health().await.dead_letter_failures, 0);
     d.abort();
 }
 
@@ -587,6 +588,9 @@ pub async fn unroutable_dead_letter_keeps_the_message(t: Transport_) {
     let st = c.stats();
     assert_eq!((st.acked, st.dead_lettered), (0, 0), "{st:?}");
     assert_eq!(dead_len(&dead).await, 0);
+    // Counted by the transport too, on every backend.
+    let h = s.bus.health().await;
+    assert!(h.dead_letter_failures >= 1, "{h:?}");
     // Repair the route: the kept message is handled again and now lands in
     // the dead-letter queue.
     let mut fixed = topology.clone();
