@@ -16,6 +16,15 @@ async fn bus(cfg: RabbitConfig, max_length: Option<u64>) -> (RabbitMq, Bus, Stri
     let queue = finsight_testkit::unique("outcomes");
     let mut topo = Topology::prefixed(&finsight_testkit::unique("oc")).consumer_queue(&queue);
     topo.queue_mut(&queue).unwrap().max_length = max_length;
+    // Unused test queues expire (see `x-expires` in tests/conformance).
+    for q in topo
+        .queues
+        .iter_mut()
+        .chain(std::iter::once(&mut topo.dead_letter_queue))
+    {
+        q.arguments
+            .insert("x-expires".into(), ArgValue::Int(600_000));
+    }
     let bus = Bus::connect(t.clone(), topo, queue.clone()).await.unwrap();
     (t, bus, queue)
 }
