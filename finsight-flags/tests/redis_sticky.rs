@@ -32,6 +32,20 @@ async fn wait_until(mut ok: impl FnMut() -> bool) {
     panic!("condition not reached within 5 s");
 }
 
+/// One service instance: a Redis sticky store under `prefix` and an engine
+/// serving `set` with it.
+fn instance(prefix: &str, set: FlagSet) -> (RedisStickyStore, FlagEngine) {
+    let store = RedisStickyStore::builder(redis_url())
+        .prefix(prefix)
+        .build()
+        .unwrap();
+    let engine = FlagEngine::builder()
+        .flags(set)
+        .sticky_store(store.clone())
+        .build();
+    (store, engine)
+}
+
 async fn conn() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())
         .unwrap()
@@ -44,14 +58,7 @@ async fn conn() -> redis::aio::MultiplexedConnection {
 async fn assignments_are_written_behind_and_preloaded_by_another_instance() {
     let flag = unique("sticky");
     let prefix = format!("{}:user_buckets:", unique("t"));
-    let store = RedisStickyStore::builder(redis_url())
-        .prefix(prefix.clone())
-        .build()
-        .unwrap();
-    let engine = FlagEngine::builder()
-        .flags(flags(&flag, [50, 50]))
-        .sticky_store(store.clone())
-        .build();
+    let (store, engine) = instance(&prefix, flags(&flag, [50, 50]));
     let users: Vec<String> = (0..50).map(|i| format!("user-{i}")).collect();
     let first: Vec<String> = users
         .iter()
@@ -71,14 +78,7 @@ async fn assignments_are_written_behind_and_preloaded_by_another_instance() {
     assert!((86_000..=86_400).contains(&ttl), "ttl {ttl}");
 
     // Another instance, after a weight change, preloads and keeps every user in place.
-    let store2 = RedisStickyStore::builder(redis_url())
-        .prefix(prefix.clone())
-        .build()
-        .unwrap();
-    let engine2 = FlagEngine::builder()
-        .flags(flags(&flag, [5, 95]))
-        .sticky_store(store2.clone())
-        .build();
+    let (store2, engine2) = instance(&prefix, flags(&flag, [5, 95]));
     let mut moved_without_preload = 0;
     for (u, before) in users.iter().zip(&first) {
         let ctx = EvaluationContext::new().user_id(u.as_str());
@@ -243,14 +243,7 @@ async fn a_second_instance_never_overwrites_the_first_assignment() {
     let ctx = |u: &str| EvaluationContext::new().user_id(u);
 
     // The first instance: rollout 30%.
-    let store1 = RedisStickyStore::builder(redis_url())
-        .prefix(prefix.clone())
-        .build()
-        .unwrap();
-    let engine1 = FlagEngine::builder()
-        .flags(bool_flag(&flag, 30))
-        .sticky_store(store1.clone())
-        .build();
+    let (store1, engine1) = instance(&prefix, bool_flag(&flag, 30));
     let first: Vec<bool> = users
         .iter()
         .map(|u| engine1.is_enabled(&flag, &ctx(u)))
@@ -266,14 +259,7 @@ async fn a_second_instance_never_overwrites_the_first_assignment() {
 
     // A second instance after the rollout went to 100%, evaluating without a
     // preload: it computes "in" for everyone and queues those writes ...
-    let store2 = RedisStickyStore::builder(redis_url())
-        .prefix(prefix.clone())
-        .build()
-        .unwrap();
-    let engine2 = FlagEngine::builder()
-        .flags(bool_flag(&flag, 100))
-        .sticky_store(store2.clone())
-        .build();
+    let (store2, engine2) = instance(&prefix, bool_flag(&flag, 100));
     for u in &users {
         assert!(engine2.is_enabled(&flag, &ctx(u)), "computed: in");
     }
@@ -311,14 +297,7 @@ async fn python_bucket_numbers_under_the_prefix_are_left_alone() {
     let mut c = conn().await;
     let _: () = c.set_ex(&key, &python_bucket, 3_600).await.unwrap();
 
-    let store = RedisStickyStore::builder(redis_url())
-        .prefix(prefix.clone())
-        .build()
-        .unwrap();
-    let engine = FlagEngine::builder()
-        .flags(flags(&flag, [50, 50]))
-        .sticky_store(store.clone())
-        .build();
+    let (store, engine) = instance(&prefix, flags(&flag, [50, 50]));
     let ctx = EvaluationContext::new().user_id("py-1");
     assert_eq!(engine.preload(&ctx).await.unwrap(), 0);
     assert_eq!(store.stats().foreign_values, 1);
@@ -345,14 +324,7 @@ async fn an_assignment_to_a_removed_variant_is_replaced() {
     let key = format!("{prefix}{flag}:user:u-1");
     let mut c = conn().await;
     let _: () = c.set_ex(&key, "variant:gone", 3_600).await.unwrap();
-    let store = RedisStickyStore::builder(redis_url())
-        .prefix(prefix)
-        .build()
-        .unwrap();
-    let engine = FlagEngine::builder()
-        .flags(flags(&flag, [50, 50]))
-        .sticky_store(store.clone())
-        .build();
+    let (store, engine) = instance(&prefix, flags(&flag, [50, 50]));
     let ctx = EvaluationContext::new().user_id("u-1");
     assert_eq!(engine.preload(&ctx).await.unwrap(), 1);
     let served = engine.string_value(&flag, &ctx, "");
