@@ -12,7 +12,7 @@
 //! always meets the broker warm (or still busy with the other's queue); each
 //! figure recorded is the median over the rounds.
 
-use finsight_benches::{Record, record, reset};
+use finsight_benches::{Record, median, record, reset};
 use finsight_bus::rabbitmq::{RabbitConfig, RabbitMq};
 use finsight_bus::redis_streams::{RedisStreams, RedisStreamsConfig};
 use finsight_bus::{
@@ -332,17 +332,6 @@ async fn rabbit_raw(n: u64) -> Run {
     }
 }
 
-/// The median of `v` (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len().is_multiple_of(2) {
-        (v[m - 1] + v[m]) / 2.0
-    } else {
-        v[m]
-    }
-}
-
 /// Each field the median over `runs`.
 fn median_run(runs: &[Run]) -> Run {
     let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
@@ -375,7 +364,8 @@ async fn rabbit_rounds(n: u64) -> (Run, Run) {
             break;
         }
         let t = Instant::now();
-        let (o, r) = if round.is_multiple_of(2) {
+        let raw_first = round.is_multiple_of(2);
+        let (o, r) = if raw_first {
             let r = rabbit_raw(n).await;
             (rabbit_bus(n).await, r)
         } else {
@@ -386,11 +376,7 @@ async fn rabbit_rounds(n: u64) -> (Run, Run) {
         println!(
             "rabbitmq round {} ({} first): finsight {:.0} msg/s e2e ({:.0} publish), raw lapin {:.0} msg/s e2e ({:.0} publish); ratio {:.2}",
             round + 1,
-            if round.is_multiple_of(2) {
-                "raw"
-            } else {
-                "finsight"
-            },
+            if raw_first { "raw" } else { "finsight" },
             o.end_to_end,
             o.publish,
             r.end_to_end,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use finsight_benches::{Record, record, reset};
+use finsight_benches::{Record, median, record, reset};
 use finsight_cache::redis::{Invalidation, RedisOptions};
 use finsight_cache::{Cache, CacheConfig, Capacity, Layers};
 use serde::{Deserialize, Serialize};
@@ -139,19 +139,15 @@ fn l1_hit(c: &mut Criterion) {
             ms.push(t.elapsed().as_nanos() as f64 / 5_000.0);
         }
     });
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     record(
         &Record::new(
             "cache",
             "l1_hit interleaved (median ns/get over 101 alternating rounds)",
-            median(&mut fs),
+            median(fs),
             "ns",
             false,
         )
-        .peer("moka (same config)", median(&mut ms))
+        .peer("moka (same config)", median(ms))
         .target("≤ 1.3× moka"),
     )
     .unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use finsight_benches::{Record, record};
+use finsight_benches::{Record, median, record};
 use finsight_ratelimit::{
     Algorithm, KeyedRateLimiter, Limiter, Quota, RateLimiter, RedisBackend, RedisConfig,
     RequestInfo, Rule, RuleSet, Scope,
@@ -275,11 +275,6 @@ where
         );
     }
     r
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn redis_throughput() {

@@ -95,3 +95,15 @@ pub fn record(record: &Record) -> std::io::Result<()> {
 pub fn reset(krate: &str) {
     let _ = std::fs::remove_file(out_dir().join(format!("{krate}.jsonl")));
 }
+
+/// The median of `v` (the mean of the middle two for an even count), for
+/// the interleaved A/B rounds of the bench programs.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
