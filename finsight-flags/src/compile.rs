@@ -864,6 +864,9 @@ fn python_only(pattern: &str) -> Option<(&'static str, &'static str)> {
     while let Some(&c) = b.get(i) {
         let quantifier = match c {
             b'\\' => {
+                if let Some(found) = python_escape(b, i) {
+                    return Some(found);
+                }
                 match b.get(i + 1) {
                     Some(b'Z') => {
                         return Some((
@@ -872,18 +875,6 @@ fn python_only(pattern: &str) -> Option<(&'static str, &'static str)> {
                         ));
                     }
                     Some(b'1'..=b'9') => return Some(BACKREF),
-                    Some(b'0') => {
-                        return Some((
-                            "an octal escape (`\\0`, `\\012`)",
-                            "write the character as `\\x0a` or `\\x{…}`",
-                        ));
-                    }
-                    Some(b'N') if b.get(i + 2) == Some(&b'{') => {
-                        return Some((
-                            "a named Unicode escape (`\\N{…}`)",
-                            "write the code point as `\\u{…}`",
-                        ));
-                    }
                     // `\p{…}`, `\x{…}`, `\u{…}`: Rust syntax (Python refuses
                     // it); its braces are not a repetition.
                     Some(b'p' | b'P' | b'x' | b'u' | b'U') if b.get(i + 2) == Some(&b'{') => {
@@ -988,6 +979,22 @@ fn python_only(pattern: &str) -> Option<(&'static str, &'static str)> {
     None
 }
 
+/// An escape that Python reads differently from Rust both in and out of a
+/// character class (`\0`, `\N{…}`), for the `\` at `at`.
+fn python_escape(b: &[u8], at: usize) -> Option<(&'static str, &'static str)> {
+    match b.get(at + 1) {
+        Some(b'0') => Some((
+            "an octal escape (`\\0`, `\\012`)",
+            "write the character as `\\x0a` or `\\x{…}`",
+        )),
+        Some(b'N') if b.get(at + 2) == Some(&b'{') => Some((
+            "a named Unicode escape (`\\N{…}`)",
+            "write the code point as `\\u{…}`",
+        )),
+        _ => None,
+    }
+}
+
 /// The end (just past the `]`) of the character class whose body starts at
 /// `at`, or the construct that Python reads differently inside it.
 fn class_end(
@@ -1006,23 +1013,11 @@ fn class_end(
         match c {
             b']' => return Ok(at + 1),
             b'\\' => {
-                match b.get(at + 1) {
-                    Some(b'b') => {
-                        return Err(("`\\b` (backspace) in a character class", "write `\\x08`"));
-                    }
-                    Some(b'0') => {
-                        return Err((
-                            "an octal escape (`\\0`, `\\012`)",
-                            "write the character as `\\x0a` or `\\x{…}`",
-                        ));
-                    }
-                    Some(b'N') if b.get(at + 2) == Some(&b'{') => {
-                        return Err((
-                            "a named Unicode escape (`\\N{…}`)",
-                            "write the code point as `\\u{…}`",
-                        ));
-                    }
-                    _ => {}
+                if let Some(found) = python_escape(b, at) {
+                    return Err(found);
+                }
+                if b.get(at + 1) == Some(&b'b') {
+                    return Err(("`\\b` (backspace) in a character class", "write `\\x08`"));
                 }
                 at += 2;
             }
