@@ -756,6 +756,18 @@ async fn dead_letter(
     }
 }
 
+/// Dead-letters a message that is not a readable envelope, with the reason
+/// `invalid-message: {error}`.
+async fn dead_letter_invalid(
+    shared: Arc<Shared>,
+    acker: Box<dyn Acker>,
+    message: Message,
+    error: Error,
+) {
+    let reason = format!("invalid-message: {error}");
+    dead_letter(&shared, acker, message, &reason, "-", 0).await
+}
+
 macro_rules! handle_span {
     ($shared:expr, $envelope:expr, $delivery_count:expr) => {
         // Fields are only formatted when a subscriber wants the span.
@@ -800,16 +812,17 @@ fn dispatch(
         delivery_count,
         acker,
     } = delivery;
+    // The `event_type` header is there (it found the routes), so this only
+    // fails on a body that is not JSON, as `process` would.
     let (envelope, wire) = match Envelope::read_owned(message, !checked_later) {
         Ok(read) => read,
-        Err((_, message)) => {
-            let delivery = Delivery {
-                message,
-                redelivered,
-                delivery_count,
+        Err((e, message)) => {
+            return Some(Box::pin(dead_letter_invalid(
+                shared.clone(),
                 acker,
-            };
-            return Some(Box::pin(process(shared.clone(), delivery)));
+                message,
+                e,
+            )));
         }
     };
     let span = handle_span!(shared, envelope, delivery_count);
@@ -837,13 +850,9 @@ fn dispatch(
             && matches!(first, First::Done(_))
             && let Err(e) = validate_json(ctx.envelope().payload())
         {
-            let shared = shared.clone();
-            let reason = format!("invalid-message: {e}");
             let message = wire.into_message(ctx.envelope());
-            return Some(Box::pin(
-                async move { dead_letter(&shared, acker, message, &reason, "-", 0).await }
-                    .instrument(span.clone()),
-            ));
+            let rest = dead_letter_invalid(shared.clone(), acker, message, e);
+            return Some(Box::pin(rest.instrument(span.clone())));
         }
         let rest = resume(shared.clone(), ctx, wire, acker, i, Some(first));
         return Some(Box::pin(rest.instrument(span.clone())));
@@ -916,10 +925,7 @@ async fn process(shared: Arc<Shared>, delivery: Delivery) {
     } = delivery;
     let (envelope, wire) = match Envelope::read_owned(message, true) {
         Ok(read) => read,
-        Err((e, message)) => {
-            let reason = format!("invalid-message: {e}");
-            return dead_letter(&shared, acker, message, &reason, "-", 0).await;
-        }
+        Err((e, message)) => return dead_letter_invalid(shared, acker, message, e).await,
     };
     let span = handle_span!(shared, envelope, delivery_count);
     handle(
