@@ -651,13 +651,21 @@ impl Inner {
     #[inline(never)]
     fn acquire_slow(&self, w: u64) -> Result<Ticket, CircuitOpen> {
         if state_of(w) == State::Open {
-            let until = self.open_until.load(Ordering::Acquire);
-            let now = self.now();
-            if now < until {
-                return Err(self.reject(State::Open, Some(Duration::from_nanos(until - now))));
-            }
+            self.reject_if_still_open()?;
         }
         self.acquire_loop()
+    }
+
+    /// An open breaker's check: rejects (with the exact `retry_after`) while
+    /// its open duration has not elapsed. One load, one clock read.
+    #[inline(always)]
+    fn reject_if_still_open(&self) -> Result<(), CircuitOpen> {
+        let until = self.open_until.load(Ordering::Acquire);
+        let now = self.now();
+        if now < until {
+            return Err(self.reject(State::Open, Some(Duration::from_nanos(until - now))));
+        }
+        Ok(())
     }
 
     #[inline(never)]
@@ -682,13 +690,7 @@ impl Inner {
                 }
                 State::ForcedOpen => return Err(self.reject(State::ForcedOpen, None)),
                 State::Open => {
-                    let until = self.open_until.load(Ordering::Acquire);
-                    let now = self.now();
-                    if now < until {
-                        return Err(
-                            self.reject(State::Open, Some(Duration::from_nanos(until - now)))
-                        );
-                    }
+                    self.reject_if_still_open()?;
                     self.transition(gen_of(w), State::Open, State::HalfOpen, Reason::OpenElapsed);
                 }
                 State::HalfOpen => {
