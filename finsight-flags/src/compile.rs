@@ -184,16 +184,21 @@ pub(crate) struct Loader {
 
 type FieldError = (String, String);
 
+/// The error for a flag without a key, at position `element` of the input.
+pub(crate) fn no_key(element: usize) -> FlagError {
+    FlagError::new(
+        format!("#{element}"),
+        "key",
+        "the flag has no key; every flag needs a non-empty `key`",
+    )
+}
+
 impl Loader {
     /// Validates and compiles the flag at position `element` of the input.
     /// A rejected flag leaves nothing behind but its errors.
     pub(crate) fn add(&mut self, element: usize, raw: &mut RawFlag<'_>) -> bool {
         if raw.key.is_empty() {
-            self.errors.push(FlagError::new(
-                format!("#{element}"),
-                "key",
-                "the flag has no key; every flag needs a non-empty `key`",
-            ));
+            self.errors.push(no_key(element));
             return false;
         }
         if self.index.contains_key(&*raw.key)

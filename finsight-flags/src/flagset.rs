@@ -21,7 +21,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
-use crate::compile::Loader;
+use crate::compile::{Loader, no_key};
 use crate::error::{Error, FlagError};
 use crate::model::{FlagDefinition, FlagStatus, FlagType, Operator, RuleType, TargetingRule};
 
@@ -513,18 +513,12 @@ impl FlagSet {
         let mut loader = Loader::default();
         let mut errors = Vec::new();
         let mut unreadable = Vec::new();
-        let mut added = 0;
         for (i, raw) in raws.into_iter().enumerate() {
             match parse_one(raw) {
-                Ok(def) if def.key.is_empty() => errors.push(FlagError::new(
-                    format!("#{i}"),
-                    "key",
-                    "the flag has no key; every flag needs a non-empty `key`",
-                )),
-                Ok(def) => {
-                    loader.add_definition(added, def);
-                    added += 1;
-                }
+                // Listed in input order with the flags that did not
+                // deserialize, ahead of the loader's errors.
+                Ok(def) if def.key.is_empty() => errors.push(no_key(i)),
+                Ok(def) => loader.add_definition(i, def),
                 Err((key, field, msg)) => {
                     if let Some(k) = &key {
                         unreadable.push(k.clone());
