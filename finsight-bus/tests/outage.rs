@@ -7,11 +7,8 @@
 mod common;
 
 use common::*;
-use finsight_bus::*;
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 #[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,30 +19,12 @@ async fn outage_rabbitmq_restarts_lose_no_confirmed_message() {
     let mut cfg = RabbitConfig::new(finsight_testkit::amqp_url());
     cfg.connect_timeout = Duration::from_secs(3);
     let t = RabbitMq::connect(cfg).await.unwrap();
-    let queue = finsight_testkit::unique("outage");
-    let topo = Topology::prefixed(&finsight_testkit::unique("out")).consumer_queue(&queue);
-    let bus = Bus::connect(t.clone(), topo, queue.clone()).await.unwrap();
-    let handled: Handled = Arc::default();
-    let consumer = bus
-        .consumer(&queue, recording_router(&handled))
-        .prefetch(200)
-        .concurrency(16)
-        .resubscribe_backoff(Duration::from_millis(100), Duration::from_millis(500))
-        .start()
-        .unwrap();
-    let (cp_tx, mut cp_rx) = mpsc::channel(1);
-    let (go_tx, go_rx) = mpsc::channel(1);
-    let publisher = tokio::spawn(publish_all(
-        bus.clone(),
-        vec![2000, 5000, 8000],
-        cp_tx,
-        go_rx,
-    ));
+    let mut run = Run::start(t.clone(), "outage", "out").await;
     let mut outage: Option<RabbitOutage> = None;
     for i in 0..3u64 {
-        let at = cp_rx.recv().await.expect("checkpoint");
-        go_tx.send(()).await.unwrap();
-        let subscribed = consumer.stats().subscriptions;
+        let at = run.at_checkpoint.recv().await.expect("checkpoint");
+        run.go.send(()).await.unwrap();
+        let subscribed = run.consumer.stats().subscriptions;
         // Stop while the publisher keeps going, then start again.
         outage = Some(
             tokio::task::spawn_blocking(move || match outage {
@@ -73,31 +52,17 @@ async fn outage_rabbitmq_restarts_lose_no_confirmed_message() {
         // next stop, so that three outages are three (the publisher may
         // reach its next checkpoint sooner). Not a catch-up: the backlog
         // stays. Bounded.
-        for _ in 0..300 {
-            if consumer.stats().subscriptions > subscribed && t.reconnects() > i {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        run.wait_restart_noticed(subscribed, || t.reconnects() > i)
+            .await;
         assert!(
-            consumer.stats().subscriptions > subscribed && t.reconnects() > i,
+            run.consumer.stats().subscriptions > subscribed && t.reconnects() > i,
             "no re-subscription or reconnect after outage {}: {:?}, reconnects {}",
             i + 1,
-            consumer.stats(),
+            run.consumer.stats(),
             t.reconnects()
         );
     }
-    let confirmed = tokio::time::timeout(Duration::from_secs(600), publisher)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(confirmed.len() as u64, TOTAL);
-    wait_all_handled(&handled, &confirmed, &consumer, &bus).await;
-    let st = consumer.shutdown(Duration::from_secs(10)).await.unwrap();
-    assert!(
-        st.subscriptions >= 4,
-        "consumer did not re-subscribe after each outage: {st:?}"
-    );
+    let (_bus, handled) = run.finish().await;
     assert!(t.reconnects() >= 3, "reconnects: {}", t.reconnects());
     assert_eq!(handled.lock().await.len() as u64, TOTAL);
     drop(outage); // restores (already up)
@@ -113,29 +78,11 @@ async fn outage_redis_restarts_lose_no_confirmed_message() {
     cfg.key_prefix = format!("{}:", finsight_testkit::unique("bus-outage"));
     cfg.block = Duration::from_millis(200);
     let t = RedisStreams::connect(cfg).await.unwrap();
-    let queue = finsight_testkit::unique("outage");
-    let topo = Topology::prefixed(&finsight_testkit::unique("out")).consumer_queue(&queue);
-    let bus = Bus::connect(t.clone(), topo, queue.clone()).await.unwrap();
-    let handled: Handled = Arc::default();
-    let consumer = bus
-        .consumer(&queue, recording_router(&handled))
-        .prefetch(200)
-        .concurrency(16)
-        .resubscribe_backoff(Duration::from_millis(100), Duration::from_millis(500))
-        .start()
-        .unwrap();
-    let (cp_tx, mut cp_rx) = mpsc::channel(1);
-    let (go_tx, go_rx) = mpsc::channel(1);
-    let publisher = tokio::spawn(publish_all(
-        bus.clone(),
-        vec![2000, 5000, 8000],
-        cp_tx,
-        go_rx,
-    ));
+    let mut run = Run::start(t.clone(), "outage", "out").await;
     let mut outage: Option<RedisOutage> = None;
     let mut confirmed_so_far = 0;
     for _ in 0..3 {
-        let at = cp_rx.recv().await.expect("checkpoint");
+        let at = run.at_checkpoint.recv().await.expect("checkpoint");
         // The shared test Redis runs without persistence (`--save ""
         // --appendonly no`): a restart empties it, so entries not yet
         // consumed would be lost by the server itself. Let the consumer
@@ -145,7 +92,7 @@ async fn outage_redis_restarts_lose_no_confirmed_message() {
         // `outage_redis_aof.rs`, on a private Redis with `appendonly yes`
         // and `appendfsync always`, stopped with a backlog.
         let upto: HashSet<u64> = (0..at).collect();
-        wait_all_handled(&handled, &upto, &consumer, &bus).await;
+        wait_all_handled(&run.handled, &upto, &run.consumer, &run.bus).await;
         confirmed_so_far = at;
         outage = Some(
             tokio::task::spawn_blocking(move || match outage {
@@ -158,7 +105,7 @@ async fn outage_redis_restarts_lose_no_confirmed_message() {
             .await
             .unwrap(),
         );
-        go_tx.send(()).await.unwrap();
+        run.go.send(()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut o = outage.take().unwrap();
         outage = Some(
@@ -172,17 +119,7 @@ async fn outage_redis_restarts_lose_no_confirmed_message() {
         eprintln!("outage after {at} publishes done");
     }
     assert_eq!(confirmed_so_far, 8000);
-    let confirmed = tokio::time::timeout(Duration::from_secs(600), publisher)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(confirmed.len() as u64, TOTAL);
-    wait_all_handled(&handled, &confirmed, &consumer, &bus).await;
-    let st = consumer.shutdown(Duration::from_secs(10)).await.unwrap();
-    assert!(
-        st.subscriptions >= 4,
-        "consumer did not re-subscribe after each outage: {st:?}"
-    );
+    let (bus, handled) = run.finish().await;
     // Each restart re-established the shared publish/ack connection once
     // (the publisher kept sending while Redis was down).
     assert!(t.reconnects() >= 3, "reconnects: {}", t.reconnects());

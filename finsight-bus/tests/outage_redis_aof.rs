@@ -15,14 +15,11 @@ mod common;
 
 use common::*;
 use finsight_bus::redis_streams::{RedisStreams, RedisStreamsConfig};
-use finsight_bus::*;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Bound of every wait for the private server (ready, stopped).
 const WAIT: Duration = Duration::from_secs(10);
@@ -197,35 +194,17 @@ async fn outage_redis_aof_restarts_lose_no_confirmed_message() {
     cfg.key_prefix = format!("{}:", finsight_testkit::unique("bus-aof"));
     cfg.block = Duration::from_millis(200);
     let t = RedisStreams::connect(cfg).await.unwrap();
-    let queue = finsight_testkit::unique("outage-aof");
-    let topo = Topology::prefixed(&finsight_testkit::unique("aof")).consumer_queue(&queue);
-    let bus = Bus::connect(t.clone(), topo, queue.clone()).await.unwrap();
-    let handled: Handled = Arc::default();
-    let consumer = bus
-        .consumer(&queue, recording_router(&handled))
-        .prefetch(200)
-        .concurrency(16)
-        .resubscribe_backoff(Duration::from_millis(100), Duration::from_millis(500))
-        .start()
-        .unwrap();
-    let (cp_tx, mut cp_rx) = mpsc::channel(1);
-    let (go_tx, go_rx) = mpsc::channel(1);
-    let publisher = tokio::spawn(publish_all(
-        bus.clone(),
-        vec![2000, 5000, 8000],
-        cp_tx,
-        go_rx,
-    ));
+    let mut run = Run::start(t.clone(), "outage-aof", "aof").await;
     for (i, how) in [Stop::ShutdownNosave, Stop::Term, Stop::Kill]
         .into_iter()
         .enumerate()
     {
-        let at = cp_rx.recv().await.expect("checkpoint");
+        let at = run.at_checkpoint.recv().await.expect("checkpoint");
         // No waiting for the consumer: the publisher goes on and Redis stops
         // with confirmed entries not yet read or not yet acked.
-        go_tx.send(()).await.unwrap();
-        let backlog = at.saturating_sub(handled.lock().await.len() as u64);
-        let subscribed = consumer.stats().subscriptions;
+        run.go.send(()).await.unwrap();
+        let backlog = at.saturating_sub(run.handled.lock().await.len() as u64);
+        let subscribed = run.consumer.stats().subscriptions;
         tokio::task::block_in_place(|| server.stop(how)).expect("stop private redis");
         tokio::time::sleep(Duration::from_secs(2)).await;
         tokio::task::block_in_place(|| server.spawn()).expect("restart private redis");
@@ -237,17 +216,13 @@ async fn outage_redis_aof_restarts_lose_no_confirmed_message() {
         // before the next stop, so that three outages are three (the
         // publisher may reach its next checkpoint sooner). Not a catch-up:
         // the backlog stays. Bounded.
-        for _ in 0..300 {
-            if consumer.stats().subscriptions > subscribed && t.reconnects() > i as u64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        run.wait_restart_noticed(subscribed, || t.reconnects() > i as u64)
+            .await;
         assert!(
-            consumer.stats().subscriptions > subscribed,
+            run.consumer.stats().subscriptions > subscribed,
             "consumer did not re-subscribe after outage {}: {:?}",
             i + 1,
-            consumer.stats()
+            run.consumer.stats()
         );
         assert!(
             t.reconnects() > i as u64,
@@ -256,17 +231,7 @@ async fn outage_redis_aof_restarts_lose_no_confirmed_message() {
             t.reconnects()
         );
     }
-    let confirmed = tokio::time::timeout(Duration::from_secs(600), publisher)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(confirmed.len() as u64, TOTAL);
-    wait_all_handled(&handled, &confirmed, &consumer, &bus).await;
-    let st = consumer.shutdown(Duration::from_secs(10)).await.unwrap();
-    assert!(
-        st.subscriptions >= 4,
-        "consumer did not re-subscribe after each outage: {st:?}"
-    );
+    let (bus, handled) = run.finish().await;
     assert!(t.reconnects() >= 3, "reconnects: {}", t.reconnects());
     let h = bus.health().await;
     assert_eq!(h.reconnects, t.reconnects(), "{h:?}");
