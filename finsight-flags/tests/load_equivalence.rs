@@ -7,19 +7,12 @@
 
 use finsight_flags::{FlagDefinition, FlagSet};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 use serde_json::{Value, json};
 
-fn config(cases: u32, seed: u64) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
-
 mod reference;
+mod strategies;
+
+use strategies::{config, json_tree, word};
 
 /// Checks `from_json(text)` against the reference; returns whether every
 /// flag of the document deserialized.
@@ -224,7 +217,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
             .prop_filter("finite", |f| f.is_finite())
             .prop_map(|n| json!(n)),
         "[a-z_\"\\\\é\u{1}/]{0,8}".prop_map(Value::String),
-        prop::sample::select(vec![
+        word(vec![
             "boolean",
             "percentage",
             "multivariate",
@@ -248,52 +241,44 @@ fn arb_json() -> impl Strategy<Value = Value> {
             "1.2.3",
             "2026-01-01T00:00:00Z",
             "k",
-        ])
-        .prop_map(|s| Value::String(s.to_owned())),
+        ]),
     ];
-    leaf.prop_recursive(3, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::btree_map(
-                prop::sample::select(vec![
-                    "key",
-                    "id",
-                    "name",
-                    "description",
-                    "flag_type",
-                    "status",
-                    "default_value",
-                    "variants",
-                    "targeting_rules",
-                    "rollout_percentage",
-                    "rule_type",
-                    "operator",
-                    "values",
-                    "attribute",
-                    "percentage",
-                    "weight",
-                    "value",
-                    "is_control",
-                    "prerequisites",
-                    "expires_at",
-                    "environment_overrides",
-                    "tenant_restrictions",
-                    "subscription_tier_requirements",
-                    "kill_switch",
-                    "sticky_bucketing",
-                    "tags",
-                    "owner",
-                    "track_events",
-                    "track_exposure",
-                    "created_at",
-                    "other",
-                ]),
-                inner,
-                0..8,
-            )
-            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
-        ]
-    })
+    json_tree(
+        leaf,
+        vec![
+            "key",
+            "id",
+            "name",
+            "description",
+            "flag_type",
+            "status",
+            "default_value",
+            "variants",
+            "targeting_rules",
+            "rollout_percentage",
+            "rule_type",
+            "operator",
+            "values",
+            "attribute",
+            "percentage",
+            "weight",
+            "value",
+            "is_control",
+            "prerequisites",
+            "expires_at",
+            "environment_overrides",
+            "tenant_restrictions",
+            "subscription_tier_requirements",
+            "kill_switch",
+            "sticky_bucketing",
+            "tags",
+            "owner",
+            "track_events",
+            "track_exposure",
+            "created_at",
+            "other",
+        ],
+    )
 }
 
 proptest! {

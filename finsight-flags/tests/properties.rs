@@ -6,17 +6,11 @@
 
 use finsight_flags::{EvaluationContext, FlagEngine, FlagSet, Unit, bucket};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 use serde_json::{Value, json};
 
-fn config(cases: u32, seed: u64) -> Config {
-    Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
+mod strategies;
+
+use strategies::{config, json_tree, word};
 
 proptest! {
     #![proptest_config(config(6, 0x5eed_0001))]
@@ -75,7 +69,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(|n| json!(n)),
         (-1e6f64..1e6).prop_map(|n| json!(n)),
         "[a-z_]{0,12}".prop_map(Value::String),
-        prop::sample::select(vec![
+        word(vec![
             "boolean",
             "percentage",
             "multivariate",
@@ -96,43 +90,35 @@ fn arb_json() -> impl Strategy<Value = Value> {
             "[a-",
             "(?=x)",
             "2026-01-01T00:00:00Z",
-        ])
-        .prop_map(|s| Value::String(s.to_owned())),
+        ]),
     ];
-    leaf.prop_recursive(3, 32, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::btree_map(
-                prop::sample::select(vec![
-                    "key",
-                    "flag_type",
-                    "status",
-                    "default_value",
-                    "variants",
-                    "targeting_rules",
-                    "rollout_percentage",
-                    "rule_type",
-                    "operator",
-                    "values",
-                    "attribute",
-                    "percentage",
-                    "weight",
-                    "id",
-                    "value",
-                    "prerequisites",
-                    "expires_at",
-                    "environment_overrides",
-                    "tenant_restrictions",
-                    "subscription_tier_requirements",
-                    "kill_switch",
-                    "sticky_bucketing",
-                ]),
-                inner,
-                0..8,
-            )
-            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
-        ]
-    })
+    json_tree(
+        leaf,
+        vec![
+            "key",
+            "flag_type",
+            "status",
+            "default_value",
+            "variants",
+            "targeting_rules",
+            "rollout_percentage",
+            "rule_type",
+            "operator",
+            "values",
+            "attribute",
+            "percentage",
+            "weight",
+            "id",
+            "value",
+            "prerequisites",
+            "expires_at",
+            "environment_overrides",
+            "tenant_restrictions",
+            "subscription_tier_requirements",
+            "kill_switch",
+            "sticky_bucketing",
+        ],
+    )
 }
 
 proptest! {
