@@ -88,6 +88,19 @@ fn capture(seen: &Seen) -> impl Handler + use<> {
     }
 }
 
+/// A handler that counts its calls in `calls` and always fails with
+/// `reason`.
+fn always_failing(calls: &Arc<AtomicU32>, reason: &'static str) -> impl Handler + use<> {
+    let calls = calls.clone();
+    move |_ctx: Context| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(HandlerError::msg(reason))
+        }
+    }
+}
+
 pub type Dead = Arc<Mutex<Vec<Message>>>;
 
 /// A raw subscriber of the dead-letter queue that records every message
@@ -230,14 +243,11 @@ pub async fn unroutable_is_reported(t: Transport_) {
 pub async fn failing_handler_is_retried_then_dead_lettered(t: Transport_) {
     let s = setup(t).await;
     let calls = Arc::new(AtomicU32::new(0));
-    let c2 = calls.clone();
-    let router = Router::new().on_named("boom", "boom-handler", move |_ctx: Context| {
-        let c = c2.clone();
-        async move {
-            c.fetch_add(1, Ordering::SeqCst);
-            Err(HandlerError::msg("downstream unavailable"))
-        }
-    });
+    let router = Router::new().on_named(
+        "boom",
+        "boom-handler",
+        always_failing(&calls, "downstream unavailable"),
+    );
     let c = s
         .bus
         .consumer(&s.queue, router)
@@ -575,14 +585,7 @@ pub async fn unroutable_dead_letter_keeps_the_message(t: Transport_) {
         service: queue.clone(),
     };
     let calls = Arc::new(AtomicU32::new(0));
-    let c2 = calls.clone();
-    let router = Router::new().on("boom", move |_ctx: Context| {
-        let c = c2.clone();
-        async move {
-            c.fetch_add(1, Ordering::SeqCst);
-            Err(HandlerError::msg("always fails"))
-        }
-    });
+    let router = Router::new().on("boom", always_failing(&calls, "always fails"));
     let c = s
         .bus
         .consumer(&s.queue, router)
