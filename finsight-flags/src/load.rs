@@ -18,17 +18,15 @@
 //! [`FlagSet::get`](crate::FlagSet::get) returns the definition the derived
 //! deserializer would have built (`tests/load_equivalence.rs` checks it).
 
-use serde::Deserialize;
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::de::{self, DeserializeOwned};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::Range;
 
 use crate::compile::{Loader, RawFlag, RawRule, RawVariant};
 use crate::flagset::same;
-use crate::model::{FlagStatus, FlagType, Operator, RuleType};
+use crate::model::{FlagStatus, FlagType, Operator, RuleType, RuleValue};
 
 /// Nesting deeper than this (in a value handed to serde_json, or in a
 /// skipped unknown field) sends the document to the slow path, well inside
@@ -774,34 +772,6 @@ fn depth(v: &Value) -> usize {
         Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
         Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
         _ => 0,
-    }
-}
-
-/// A number in a rule's `values`, as its text (as `model::string_list`).
-struct RuleValue(String);
-
-impl<'de> Deserialize<'de> for RuleValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = RuleValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RuleValue, E> {
-                Ok(RuleValue(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RuleValue, E> {
-                Ok(RuleValue(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RuleValue, E> {
-                Ok(RuleValue(
-                    serde_json::Number::from_f64(v)
-                        .map_or_else(|| v.to_string(), |n| n.to_string()),
-                ))
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 

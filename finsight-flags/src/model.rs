@@ -350,45 +350,49 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// A list of strings where numbers and booleans are read as their text
+/// A rule value: a string, or a number or boolean read as its text
 /// (Python's `str()`: `42`, `1.5`, `True`).
+pub(crate) struct RuleValue(pub(crate) String);
+
+impl<'de> Deserialize<'de> for RuleValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RuleValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean rule value")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RuleValue, E> {
+                Ok(RuleValue(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RuleValue, E> {
+                Ok(RuleValue(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RuleValue, E> {
+                Ok(RuleValue(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RuleValue, E> {
+                Ok(RuleValue(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RuleValue, E> {
+                Ok(RuleValue(
+                    serde_json::Number::from_f64(v)
+                        .map_or_else(|| v.to_string(), |n| n.to_string()),
+                ))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RuleValue, E> {
+                Ok(RuleValue(if v { "True" } else { "False" }.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A list of [`RuleValue`]s (`null`: empty).
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    struct Item(String);
-    struct ItemVisitor;
-    impl serde::de::Visitor<'_> for ItemVisitor {
-        type Value = Item;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a string, number or boolean rule value")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Item, E> {
-            Ok(Item(v.to_owned()))
-        }
-        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Item, E> {
-            Ok(Item(v))
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Item, E> {
-            Ok(Item(v.to_string()))
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Item, E> {
-            Ok(Item(v.to_string()))
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Item, E> {
-            Ok(Item(
-                serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string()),
-            ))
-        }
-        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Item, E> {
-            Ok(Item(if v { "True" } else { "False" }.to_owned()))
-        }
-    }
-    impl<'de> Deserialize<'de> for Item {
-        fn deserialize<D2: Deserializer<'de>>(d: D2) -> Result<Self, D2::Error> {
-            d.deserialize_any(ItemVisitor)
-        }
-    }
-    Ok(Option::<Vec<Item>>::deserialize(d)?
+    Ok(Option::<Vec<RuleValue>>::deserialize(d)?
         .unwrap_or_default()
         .into_iter()
-        .map(|i| i.0)
+        .map(|v| v.0)
         .collect())
 }
