@@ -8,6 +8,7 @@ use finsight_flags::{
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 #[derive(Clone, Default)]
 struct Collect {
@@ -23,6 +24,17 @@ impl ExposureSink for Collect {
         self.events.lock().unwrap().extend(batch);
         Ok(())
     }
+}
+
+/// Drops the engine and the last buffer handle, then waits (bounded) until
+/// the exporter task has delivered everything and ended.
+async fn close(engine: FlagEngine, buffer: ExposureBuffer, task: JoinHandle<()>) {
+    drop(engine);
+    drop(buffer);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 const FLAGS: &str = r#"[
@@ -46,12 +58,7 @@ async fn tracked_flags_are_exported() {
     assert_eq!(engine.string_value("tracked", &ctx, "x"), "A");
     assert!(engine.is_enabled("untracked", &ctx));
     assert!(!engine.is_enabled("tracked", &ctx)); // a type mismatch is exposed too
-    drop(engine);
-    drop(buffer);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    close(engine, buffer, task).await;
     let events = sink.events.lock().unwrap();
     assert_eq!(events.len(), 2);
     let e = &events[0];
@@ -91,12 +98,7 @@ async fn a_full_buffer_drops_and_counts_without_blocking() {
     assert!(stats.enqueued <= 8 + 4, "{stats:?}");
     assert!(stats.dropped >= 88, "{stats:?}");
     gate.add_permits(1000);
-    drop(engine);
-    drop(buffer);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    close(engine, buffer, task).await;
     assert_eq!(sink.events.lock().unwrap().len() as u64, stats.enqueued);
 }
 
@@ -135,12 +137,7 @@ async fn an_exposure_reports_what_the_caller_was_served() {
     assert!(engine.bool_value("drafted", &ctx, true));
     // The flag's value is served: its value and variant.
     assert_eq!(engine.string_value("tracked", &ctx, "x"), "A");
-    drop(engine);
-    drop(buffer);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    close(engine, buffer, task).await;
     let events = sink.events.lock().unwrap();
     let seen: Vec<(serde_json::Value, Option<&str>, Reason)> = events
         .iter()
