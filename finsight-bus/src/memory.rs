@@ -565,13 +565,10 @@ impl Inner {
     /// Publishes `m` to `q`'s dead-letter exchange; dropped (as RabbitMQ
     /// does) when the queue has none.
     fn dead_letter(&self, q: &Queue, mut m: Message) {
-        let Some(dlx) = &q.spec.dead_letter_exchange else {
+        let Some(dlx) = q.spec.dead_letter_target(&mut m) else {
             warn!(queue = %q.spec.name, "no dead-letter exchange: message dropped");
             return;
         };
-        if let Some(k) = &q.spec.dead_letter_routing_key {
-            m.routing_key = k.clone();
-        }
         let opts = PublishOptions { mandatory: false };
         if let Err(e) = self.route(dlx, m, opts, 0) {
             warn!(queue = %q.spec.name, error = %e, "dead-lettering failed: message dropped");
@@ -841,21 +838,17 @@ impl Acker for MemAcker {
     /// Routes `message` to the queue's dead-letter exchange with
     /// `mandatory` and acknowledges the original only when it was stored;
     /// otherwise requeues the original after the dead-letter retry delay.
-    fn dead_letter(mut self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
+    fn dead_letter(mut self: Box<Self>, mut message: Message) -> BoxFuture<'static, Result<()>> {
         if !self.alive() {
             return settled((*self).settle(|_, _, _| ()));
         }
-        let Some(dlx) = self.queue.spec.dead_letter_exchange.clone() else {
+        let Some(dlx) = self.queue.spec.dead_letter_target(&mut message) else {
             // As RabbitMQ: no dead-letter exchange configured, the reject drops it.
             return settled((*self).settle(|b, q, _| b.dead_letter(q, message)));
         };
-        let mut message = message;
-        if let Some(k) = &self.queue.spec.dead_letter_routing_key {
-            message.routing_key.clone_from(k);
-        }
         let outcome = self
             .broker
-            .route(&dlx, message, PublishOptions { mandatory: true }, 0)
+            .route(dlx, message, PublishOptions { mandatory: true }, 0)
             .unwrap_or_else(|e| PublishOutcome::Unroutable {
                 code: 404,
                 text: e.to_string(),

@@ -879,7 +879,7 @@ impl Acker for RabbitAcker {
 
     fn dead_letter(self: Box<Self>, mut message: Message) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let Some(dlx) = self.spec.dead_letter_exchange.clone() else {
+            let Some(dlx) = self.spec.dead_letter_target(&mut message) else {
                 // No dead-letter exchange configured: the reject drops it, as
                 // the topology says.
                 warn!(queue = %self.spec.name, "no dead-letter exchange: message dropped");
@@ -889,9 +889,6 @@ impl Acker for RabbitAcker {
                     .await
                     .map(|_| ());
             };
-            if let Some(k) = &self.spec.dead_letter_routing_key {
-                message.routing_key.clone_from(k);
-            }
             let routing_key = message.routing_key.clone();
             // Mandatory: a dead letter no queue takes is returned, not
             // silently confirmed.
@@ -901,7 +898,7 @@ impl Acker for RabbitAcker {
             // within `settle_bound` and the consumer's settle timeout (set
             // above it) does not cut it off before the requeue below.
             let publish = async {
-                match self.transport.publish_raw(&dlx, message, opts).await {
+                match self.transport.publish_raw(dlx, message, opts).await {
                     Ok(p) => p.await,
                     Err(e) => {
                         debug!(error = %e, "publishing the dead letter failed");

@@ -893,13 +893,10 @@ impl Sub {
     /// (unroutable, refused by Redis, connection lost): logged at `error`,
     /// counted, and the original must stay pending to be tried again.
     async fn dead_letter(&self, id: &str, mut m: Message) -> std::result::Result<(), String> {
-        let Some(dlx) = &self.spec.dead_letter_exchange else {
+        let Some(dlx) = self.spec.dead_letter_target(&mut m) else {
             warn!(queue = %self.spec.name, "no dead-letter exchange: message dropped");
             return Ok(());
         };
-        if let Some(k) = &self.spec.dead_letter_routing_key {
-            m.routing_key = k.clone();
-        }
         let routing_key = m.routing_key.clone();
         let why = match self
             .transport

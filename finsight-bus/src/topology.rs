@@ -71,6 +71,20 @@ pub struct QueueSpec {
     pub arguments: BTreeMap<String, ArgValue>,
 }
 
+impl QueueSpec {
+    /// Where a dead letter of this queue goes: its dead-letter exchange,
+    /// with `message`'s routing key set to the dead-letter routing key when
+    /// one is configured. `None`, `message` untouched, when the queue has no
+    /// dead-letter exchange. Costs one string copy when the key is replaced.
+    pub(crate) fn dead_letter_target(&self, message: &mut crate::Message) -> Option<&str> {
+        let dlx = self.dead_letter_exchange.as_deref()?;
+        if let Some(k) = &self.dead_letter_routing_key {
+            message.routing_key.clone_from(k);
+        }
+        Some(dlx)
+    }
+}
+
 /// An extra queue argument value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
