@@ -80,6 +80,23 @@ async fn raw() -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// `DEL key`.
+async fn del(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let _: i64 = redis::cmd("DEL").arg(key).query_async(conn).await.unwrap();
+}
+
+/// Replaces `key` with a plain string, so stream commands on it fail
+/// (`WRONGTYPE`).
+async fn not_a_stream(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
+    del(conn, key).await;
+    let () = redis::cmd("SET")
+        .arg(key)
+        .arg("not a stream")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 /// The group's pending count (`XPENDING` summary).
 async fn pending(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> usize {
     let r: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
@@ -287,18 +304,7 @@ async fn dead_letter_that_redis_refuses_leaves_the_original_pending() {
     let s = setup_with(1, |_, _| {}, no_reclaim).await;
     let dlq_key = s.stream(&s.dlq);
     let mut c = raw().await;
-    let () = redis::cmd("DEL")
-        .arg(&dlq_key)
-        .query_async(&mut c)
-        .await
-        .map(|_: i64| ())
-        .unwrap();
-    let () = redis::cmd("SET")
-        .arg(&dlq_key)
-        .arg("not a stream")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    not_a_stream(&mut c, &dlq_key).await;
     let env = Envelope::new("e", &1).unwrap();
     assert!(s.bus.publish(&env).await.unwrap().is_confirmed());
     let queue_key = s.stream(&s.queue);
@@ -339,12 +345,7 @@ async fn dead_letter_that_redis_refuses_leaves_the_original_pending() {
 
     // 3. The key is usable again (the group is created on the first read of
     // the stream XADD creates): the next try lands.
-    let () = redis::cmd("DEL")
-        .arg(&dlq_key)
-        .query_async(&mut c)
-        .await
-        .map(|_: i64| ())
-        .unwrap();
+    del(&mut c, &dlq_key).await;
     let _sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
     let mut d = s.t.subscribe(&s.dlq, opts("dlq")).await.unwrap();
     let dead = next(&mut d).await;
@@ -390,18 +391,7 @@ async fn refused_xadd_nacks_only_its_message() {
         .await
         .unwrap();
     let mut c = raw().await;
-    let () = redis::cmd("DEL")
-        .arg(s.stream(&other))
-        .query_async(&mut c)
-        .await
-        .map(|_: i64| ())
-        .unwrap();
-    let () = redis::cmd("SET")
-        .arg(s.stream(&other))
-        .arg("not a stream")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    not_a_stream(&mut c, &s.stream(&other)).await;
     let mut sent = Vec::new();
     for n in 0..50 {
         let bus = if n % 5 == 0 { &to_other } else { &s.bus };
@@ -520,12 +510,11 @@ async fn health_reconnects_counts_real_reconnects() {
     let mut c = raw().await;
     // Redis lost the topology (as after a restart without persistence), but
     // the connection is fine: not a reconnect.
-    let () = redis::cmd("DEL")
-        .arg(format!("{}x:{}", s.prefix, s.bus.topology().exchange.name))
-        .query_async(&mut c)
-        .await
-        .map(|_: i64| ())
-        .unwrap();
+    del(
+        &mut c,
+        &format!("{}x:{}", s.prefix, s.bus.topology().exchange.name),
+    )
+    .await;
     let _sub = s.t.subscribe(&s.queue, opts("a")).await.unwrap();
     assert_eq!(s.t.topology_redeclares(), 1);
     assert_eq!(s.bus.health().await.reconnects, 0);
