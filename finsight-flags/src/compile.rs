@@ -332,10 +332,7 @@ impl Loader {
                 );
             }
             self.flags.retain(|f| !redo.iter().any(|k| **k == *f.key));
-            self.index.clear();
-            for (i, f) in self.flags.iter().enumerate() {
-                self.index.insert(f.key.clone(), i);
-            }
+            self.reindex();
             for key in &redo {
                 self.restore(previous, key, &mut restored);
             }
@@ -355,6 +352,14 @@ impl Loader {
         restored.insert(Box::from(key));
         self.claimed.remove(key);
         self.add_definition(0, old.clone());
+    }
+
+    /// Rebuilds the key index after flags were removed.
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (i, f) in self.flags.iter().enumerate() {
+            self.index.insert(f.key.clone(), i);
+        }
     }
 
     fn report(self) -> LoadReport {
@@ -757,10 +762,7 @@ impl Loader {
                 i += 1;
                 alive[i - 1]
             });
-            self.index.clear();
-            for (i, f) in self.flags.iter().enumerate() {
-                self.index.insert(f.key.clone(), i);
-            }
+            self.reindex();
         }
     }
 }
