@@ -21,6 +21,20 @@ fn exp(base_ms: u64, cap_ms: u64, jitter: Jitter) -> Backoff {
     .jitter(jitter)
 }
 
+/// A budget with a floor of 2 retries per second over a 1 s ttl and a
+/// 100 % ratio, and a retrier of four attempts (backoff 1 ms doubling to
+/// 10 ms, no jitter) that draws on it.
+fn floor_budget_retry(clock: ManualClock) -> (RetryBudget, Retry) {
+    let budget = RetryBudget::with_clock(Duration::from_secs(1), 2, 1.0, clock).unwrap();
+    let retry = Retry::builder()
+        .max_attempts(4)
+        .backoff(exp(1, 10, Jitter::None))
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    (budget, retry)
+}
+
 /// Runs `op` and records the paused-clock instant of every attempt.
 struct Recorder {
     t0: Instant,
@@ -502,13 +516,7 @@ async fn failing_calls_deposit_nothing_so_an_outage_gets_only_the_floor() {
     let clock = ManualClock::new();
     // A 100 % ratio would let every failing call retry if failures deposited;
     // the floor is 2 retries per second over a 1 s ttl: 2 retries in all.
-    let budget = RetryBudget::with_clock(Duration::from_secs(1), 2, 1.0, clock.clone()).unwrap();
-    let retry = Retry::builder()
-        .max_attempts(4)
-        .backoff(exp(1, 10, Jitter::None))
-        .budget(budget.clone())
-        .build()
-        .unwrap();
+    let (budget, retry) = floor_budget_retry(clock.clone());
     assert_eq!(budget.balance(), 2);
 
     let calls = AtomicU32::new(0);
@@ -563,14 +571,7 @@ async fn the_retry_layer_deposits_only_on_success() {
     use finsight_resilience::{BoxError, RetryLayer};
     use tower::{Layer, ServiceExt};
 
-    let clock = ManualClock::new();
-    let budget = RetryBudget::with_clock(Duration::from_secs(1), 2, 1.0, clock).unwrap();
-    let retry = Retry::builder()
-        .max_attempts(4)
-        .backoff(exp(1, 10, Jitter::None))
-        .budget(budget.clone())
-        .build()
-        .unwrap();
+    let (budget, retry) = floor_budget_retry(ManualClock::new());
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     let down = RetryLayer::new(retry.clone()).layer(tower::service_fn(move |_: u32| {
