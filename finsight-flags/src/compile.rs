@@ -531,14 +531,24 @@ impl Loader {
                 _ => return Err(("percentage".into(), format!("{p} is outside 0..=100"))),
             },
         };
-        let check_all = |what: &str, f: &dyn Fn(&str) -> bool| -> Result<(), FieldError> {
+        // Parses every value onto `out` (each once); the first that does
+        // not parse is the error (what was pushed goes with the rejected
+        // flag's pool rollback, as for regexes).
+        fn parse_all<T>(
+            values: &[Cow<'_, str>],
+            out: &mut Vec<T>,
+            what: &str,
+            parse: impl Fn(&str) -> Option<T>,
+        ) -> Result<Span, FieldError> {
+            let start = out.len();
             for (j, v) in values.iter().enumerate() {
-                if !f(v) {
+                let Some(x) = parse(v) else {
                     return Err((format!("values[{j}]"), format!("`{v}` is not a {what}")));
-                }
+                };
+                out.push(x);
             }
-            Ok(())
-        };
+            Ok(Span::new(start, out.len()))
+        }
         let cmp = |op: Operator| match op {
             Operator::Lt | Operator::SemverLt | Operator::Before => Cmp::Lt,
             Operator::Lte | Operator::SemverLte => Cmp::Lte,
@@ -571,35 +581,32 @@ impl Loader {
                 Matcher::Regex(Span::new(start, pool.regexes.len()))
             }
             op @ (Operator::Lt | Operator::Lte | Operator::Gt | Operator::Gte) => {
-                check_all("number", &|v| {
-                    v.trim().parse::<f64>().is_ok_and(|n| !n.is_nan())
+                let numbers = parse_all(values, &mut pool.numbers, "number", |v| {
+                    v.trim().parse::<f64>().ok().filter(|n| !n.is_nan())
                 })?;
-                let start = pool.numbers.len();
-                pool.numbers
-                    .extend(values.iter().filter_map(|v| v.trim().parse::<f64>().ok()));
-                Matcher::Number(cmp(op), Span::new(start, pool.numbers.len()))
+                Matcher::Number(cmp(op), numbers)
             }
             op @ (Operator::SemverEq
             | Operator::SemverLt
             | Operator::SemverLte
             | Operator::SemverGt
             | Operator::SemverGte) => {
-                check_all("semantic version (e.g. 1.2.3)", &|v| {
-                    parse_semver(v).is_some()
-                })?;
-                let start = pool.versions.len();
-                pool.versions
-                    .extend(values.iter().filter_map(|v| parse_semver(v)));
-                Matcher::Semver(cmp(op), Span::new(start, pool.versions.len()))
+                let versions = parse_all(
+                    values,
+                    &mut pool.versions,
+                    "semantic version (e.g. 1.2.3)",
+                    parse_semver,
+                )?;
+                Matcher::Semver(cmp(op), versions)
             }
             op @ (Operator::Before | Operator::After) => {
-                check_all("RFC 3339 time or YYYY-MM-DD date", &|v| {
-                    parse_time(v).is_some()
-                })?;
-                let start = pool.times.len();
-                pool.times
-                    .extend(values.iter().filter_map(|v| parse_time(v)));
-                Matcher::Date(cmp(op), Span::new(start, pool.times.len()))
+                let times = parse_all(
+                    values,
+                    &mut pool.times,
+                    "RFC 3339 time or YYYY-MM-DD date",
+                    parse_time,
+                )?;
+                Matcher::Date(cmp(op), times)
             }
         };
         Ok(CompiledRule {
