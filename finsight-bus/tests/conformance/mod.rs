@@ -145,6 +145,18 @@ async fn len(seen: &Seen) -> usize {
     seen.lock().await.len()
 }
 
+/// The integer payloads seen so far, in ascending order.
+async fn sorted_payloads(seen: &Seen) -> Vec<i64> {
+    let mut ns: Vec<i64> = seen
+        .lock()
+        .await
+        .iter()
+        .map(|e| e.decode::<i64>().unwrap())
+        .collect();
+    ns.sort_unstable();
+    ns
+}
+
 async fn wait_len(seen: &Seen, n: usize) -> bool {
     for _ in 0..1500 {
         if len(seen).await >= n {
@@ -555,13 +567,7 @@ pub async fn pipelined_sends_all_confirm(t: Transport_) {
         .start()
         .unwrap();
     assert!(wait_len(&seen, 500).await);
-    let mut ns: Vec<i64> = seen
-        .lock()
-        .await
-        .iter()
-        .map(|e| e.decode::<i64>().unwrap())
-        .collect();
-    ns.sort_unstable();
+    let ns = sorted_payloads(&seen).await;
     assert_eq!(ns, (0..500).collect::<Vec<_>>());
     c.shutdown(Duration::from_secs(5)).await.unwrap();
 }
@@ -660,13 +666,7 @@ pub async fn close_flushes_pending_confirms(t: Transport_) {
         .start()
         .unwrap();
     assert!(wait_len(&seen, N as usize).await, "{}", len(&seen).await);
-    let mut ns: Vec<i64> = seen
-        .lock()
-        .await
-        .iter()
-        .map(|e| e.decode::<i64>().unwrap())
-        .collect();
-    ns.sort_unstable();
+    let mut ns = sorted_payloads(&seen).await;
     ns.dedup();
     assert_eq!(ns, (0..N).collect::<Vec<_>>());
     c.shutdown(Duration::from_secs(5)).await.unwrap();
