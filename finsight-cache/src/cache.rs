@@ -614,13 +614,8 @@ impl<V: Value> Inner<V> {
     }
 
     fn hit(&self, e: Entry<V>) -> Option<V> {
-        self.count_hit(e.value.is_some());
+        self.counters.l1_hits.record(e.value.is_some());
         e.value
-    }
-
-    #[inline]
-    fn count_hit(&self, positive: bool) {
-        self.counters.l1_hits.record(positive);
     }
 
     fn stale_if_error(&self, stale: Option<&Entry<V>>, now: Stamp) -> Option<V> {
