@@ -732,12 +732,20 @@ impl Inner {
     fn record(&self, t: Ticket, outcome: Recorded) {
         if self.fast_success && t.kind == Kind::Closed && outcome == Recorded::Success {
             self.counters.successes.fetch_add(1, Ordering::Relaxed);
-            if self.consecutive.load(Ordering::Relaxed) != 0 {
-                self.consecutive.store(0, Ordering::Relaxed);
-            }
+            self.end_failure_run();
             return;
         }
         self.record_slow(t, outcome);
+    }
+
+    /// A success ends the run of consecutive failures. The store is skipped
+    /// when the run is already 0, so that successes in a row only read the
+    /// shared cache line.
+    #[inline(always)]
+    fn end_failure_run(&self) {
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
     }
 
     #[inline(never)]
@@ -779,11 +787,7 @@ impl Inner {
     fn record_closed(&self, t: Ticket, outcome: Recorded, slow: bool) {
         match self.trip {
             Trip::Consecutive(threshold) => match outcome {
-                Recorded::Success => {
-                    if self.consecutive.load(Ordering::Relaxed) != 0 {
-                        self.consecutive.store(0, Ordering::Relaxed);
-                    }
-                }
+                Recorded::Success => self.end_failure_run(),
                 Recorded::Failure => {
                     let w = self.word.load(Ordering::Acquire);
                     if gen_of(w) != t.gen_ || state_of(w) != State::Closed {
