@@ -55,6 +55,17 @@ pub const HEADER_FIRST_DEATH_REASON: &str = "x-first-death-reason";
 /// Header with the queue a message was dead-lettered from (as RabbitMQ).
 pub const HEADER_FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
 
+/// Marks `m` as expired in `queue` for its dead letter (first-death reason
+/// `expired` and queue, unless it already has a first death), as RabbitMQ
+/// does. Copies the headers when they are shared.
+pub(crate) fn mark_expired(m: &mut Message, queue: &str) {
+    let h = Arc::make_mut(&mut m.headers);
+    h.entry(HEADER_FIRST_DEATH_REASON.into())
+        .or_insert_with(|| "expired".into());
+    h.entry(HEADER_FIRST_DEATH_QUEUE.into())
+        .or_insert_with(|| queue.to_owned());
+}
+
 /// In-memory broker settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryConfig {
@@ -551,12 +562,7 @@ impl Inner {
     fn dead_letter_expired(&self, q: &Queue, expired: Vec<Stored>) {
         for s in expired {
             let mut m = s.message;
-            Arc::make_mut(&mut m.headers)
-                .entry(HEADER_FIRST_DEATH_REASON.into())
-                .or_insert_with(|| "expired".into());
-            Arc::make_mut(&mut m.headers)
-                .entry(HEADER_FIRST_DEATH_QUEUE.into())
-                .or_insert_with(|| q.spec.name.clone());
+            mark_expired(&mut m, &q.spec.name);
             debug!(queue = %q.spec.name, "message expired");
             self.dead_letter(q, m);
         }

@@ -79,7 +79,7 @@
 
 use crate::envelope::{Headers, Message};
 use crate::error::{Error, Result};
-use crate::memory::{HEADER_FIRST_DEATH_QUEUE, HEADER_FIRST_DEATH_REASON};
+use crate::memory::mark_expired;
 use crate::topology::{ArgValue, ExchangeKind, QueueSpec, Topology};
 use crate::transport::{
     Acker, ConnectionState, Delivery, DeliveryStream, Health, PendingConfirm, PublishOptions,
@@ -1012,12 +1012,7 @@ async fn read_loop(
                         >= u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
                 {
                     let mut m = message;
-                    Arc::make_mut(&mut m.headers)
-                        .entry(HEADER_FIRST_DEATH_REASON.into())
-                        .or_insert_with(|| "expired".into());
-                    Arc::make_mut(&mut m.headers)
-                        .entry(HEADER_FIRST_DEATH_QUEUE.into())
-                        .or_insert_with(|| sub.spec.name.clone());
+                    mark_expired(&mut m, &sub.spec.name);
                     if sub.dead_letter(&entry.id, m).await.is_ok() {
                         sub.xack(&entry.id).await?;
                     }
